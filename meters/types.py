@@ -1,0 +1,111 @@
+"""Plain value objects shared by every part of `meters`, and by its users.
+
+Units are in every name: joules (`_j`), seconds (`_s`), grams CO2e (`_g`), millilitres (`_ml`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Method = Literal["measured", "estimated"]
+
+
+class MeterError(Exception):
+    """An energy source could not give a reading (GPU gone, scrape failed, counter unreadable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """What an upstream runs on; the estimator and embodied carbon need it."""
+
+    accelerator: str = "H100-SXM"
+    gpus: int = 1
+    active_params_b: float | None = None
+    total_params_b: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteFactors:
+    """Where an upstream's electricity and water come from."""
+
+    zone: str = "WORLD"
+    pue: float = 1.2
+    wue_l_per_kwh: float = 0.569
+
+
+@dataclass(frozen=True, slots=True)
+class Intensity:
+    """Grid factors used for one figure, and where they came from."""
+
+    zone: str
+    gco2e_per_kwh: float
+    ewif_l_per_kwh: float
+    source: str  # e.g. "table:ember-2024", "electricitymaps", "table (electricitymaps failed: …)"
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """The energy one request took, as the meter attributed or estimated it.
+
+    `server_energy_j` is the non-GPU server share (CPU, memory, fans) over the same time.
+    `hardware_s` is the request's share of hardware occupancy in seconds (its fraction of each
+    tick's weight times the tick's duration), from which embodied carbon follows.
+    """
+
+    gpu_energy_j: float
+    server_energy_j: float
+    hardware_s: float
+    method: Method
+    basis: str  # "nvml", "prometheus", "ecologits", "calibrated:<model>@<accelerator>", …
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """Everything the contract reports for one request. Field names are the contract's."""
+
+    method: Method
+    gpu_energy_j: float
+    energy_j: float
+    co2e_g: float
+    embodied_co2e_g: float
+    water_ml: float
+    zone: str
+    grid_gco2e_per_kwh: float
+    pue: float
+    intensity_source: str = ""
+    basis: str = ""
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+class RequestTrack(Protocol):
+    """What the proxy tells the meter about one request while it runs.
+
+    The proxy calls these from the event loop; implementations must be cheap (no I/O, no locks
+    held long). Token counts are those seen so far in the relayed response.
+    """
+
+    def first_token(self, prompt_tokens: int) -> None:
+        """The first output token arrived; the prompt has been prefilled."""
+
+    def output_tokens(self, count: int) -> None:
+        """`count` more output tokens arrived."""
+
+    async def close(
+        self, *, prompt_tokens: int, output_tokens: int, cancelled: bool, latency_s: float
+    ) -> Measurement:
+        """The request ended (or was cut off). Returns its final measurement without waiting
+        for the next sampler tick."""
+
+
+class RequestMeter(Protocol):
+    """One per upstream: opens a track for every request the proxy relays there."""
+
+    def open(self, request_id: str, model: str) -> RequestTrack: ...
+
+    def start(self) -> None:
+        """Start background sampling (if any). Idempotent."""
+
+    async def aclose(self) -> None:
+        """Stop background sampling and release the energy source."""

@@ -1,0 +1,264 @@
+"""Settings: one TOML file plus `FOOTPRINT_*` environment overrides, validated once at start.
+
+Order: environment > file > default. An override names its key with double underscores for
+nesting, e.g. `FOOTPRINT_SERVER__PORT=9000`, `FOOTPRINT_LEDGER__URL=postgresql://…`, and
+`FOOTPRINT_UPSTREAMS__0__BASE_URL=…` for the first upstream. Values are parsed as TOML values
+where they parse (numbers, booleans, arrays), else taken as strings.
+
+Unknown keys and impossible values stop the start with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "FOOTPRINT_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_http_url(value: str, *, allow_empty: bool = False) -> str:
+    if allow_empty and value == "":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    return value
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    auth: Literal["keys", "none"] = "keys"
+    admin_key_env: str = "FOOTPRINT_ADMIN_KEY"
+    max_body_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+    footprint_in_body: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class LedgerSettings(_Section):
+    url: str = "sqlite:///footprint.db"
+    # Rows are group-committed: a batch is written when it is this big or this old.
+    batch_max_rows: Annotated[int, Field(gt=0)] = 256
+    batch_max_delay_ms: Annotated[float, Field(ge=0)] = 2.0
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"ledger URL must be sqlite:///… or postgresql://…, got {value!r}")
+        return value
+
+
+class BudgetSettings(_Section):
+    redis_url: str = ""
+    # What to do with a request when Redis cannot be reached: refuse it (503) or allow it and
+    # reconcile from the ledger afterwards.
+    on_store_error: Literal["refuse", "allow"] = "allow"
+    default_max_tokens: Annotated[int, Field(gt=0)] = 1024
+    reservation_ttl_s: Annotated[float, Field(gt=0)] = 600.0
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"not a redis:// URL: {value!r}")
+        return value
+
+
+class TelemetrySettings(_Section):
+    otlp_endpoint: str = ""
+    service_name: str = "footprint"
+    traces: bool = True
+    metrics: bool = True
+    metric_export_interval_ms: Annotated[int, Field(gt=0)] = 10_000
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return _check_http_url(value, allow_empty=True)
+
+
+class IntensitySettings(_Section):
+    """Live grid intensity; with no key, the shipped table is used."""
+
+    provider: Literal["table", "electricitymaps"] = "table"
+    api_key_env: str = "ELECTRICITYMAPS_API_KEY"
+    base_url: str = "https://api.electricitymap.org/v3"
+    cache_ttl_s: Annotated[float, Field(gt=0)] = 900.0
+    timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        return _check_http_url(value)
+
+
+class MeteringSettings(_Section):
+    tick_s: Annotated[float, Field(gt=0, le=10)] = 0.1
+    # Cost of a prompt token against an output token (methodology §2); an assumption until
+    # measured on a GPU.
+    alpha: Annotated[float, Field(ge=0)] = 0.1
+    # Non-GPU server power per GPU while serving: 1.2 kW per 8-GPU server (EcoLogits, from
+    # BoaviztAPI for AWS p5.48xlarge), methodology §4.
+    server_power_w_per_gpu: Annotated[float, Field(ge=0)] = 150.0
+    batch_size: Annotated[int, Field(gt=0)] = 64
+    idle: Literal["report", "spread"] = "report"
+
+
+class MeterSettings(_Section):
+    kind: Literal["nvml", "prometheus", "estimate"] = "estimate"
+    gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0])
+    url: str = ""
+
+    @model_validator(mode="after")
+    def _url_for_prometheus(self) -> MeterSettings:
+        if self.kind == "prometheus":
+            _check_http_url(self.url)
+        return self
+
+
+class HardwareSettings(_Section):
+    accelerator: str = "H100-SXM"
+    gpus: Annotated[int, Field(gt=0)] = 1
+    active_params_b: Annotated[float, Field(gt=0)] | None = None
+    total_params_b: Annotated[float, Field(gt=0)] | None = None
+
+
+class UpstreamSettings(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    base_url: str
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    api_key_env: str = ""
+    zone: str = "WORLD"
+    pue: Annotated[float, Field(ge=1.0)] = 1.2
+    # On-site cooling water, L/kWh. Default: EcoLogits' value for OpenAI/Azure
+    # (ecologits/tracers/utils.py), methodology §6.
+    wue_l_per_kwh: Annotated[float, Field(ge=0)] = 0.569
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    max_connections: Annotated[int, Field(gt=0)] = 256
+    # Where the upstream's own tokenizer answers (llama.cpp server: /extras/tokenize), used to
+    # count prompt tokens when the upstream streams no usage.
+    tokenize_url: str = ""
+    meter: MeterSettings = Field(default_factory=MeterSettings)
+    hardware: HardwareSettings = Field(default_factory=HardwareSettings)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return _check_http_url(value).rstrip("/")
+
+    @field_validator("tokenize_url")
+    @classmethod
+    def _tokenize_url(cls, value: str) -> str:
+        return _check_http_url(value, allow_empty=True)
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return value.strip().upper() or "WORLD"
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    intensity: IntensitySettings = Field(default_factory=IntensitySettings)
+    metering: MeteringSettings = Field(default_factory=MeteringSettings)
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_upstreams(self) -> Settings:
+        names = [u.name for u in self.upstreams]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"upstream name {name!r} is used twice")
+        return self
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue  # FOOTPRINT_ADMIN_KEY and other secrets are not settings
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            nxt_is_index = path[i + 1].isdigit()
+            if isinstance(node, list):
+                index = int(part)
+                while len(node) <= index:
+                    node.append({})
+                node = node[index]
+                continue
+            node = node.setdefault(part, [] if nxt_is_index else {})
+        last = path[-1]
+        if isinstance(node, list):
+            index = int(last)
+            while len(node) <= index:
+                node.append({})
+            node[index] = _env_value(raw)
+        else:
+            node[last] = _env_value(raw)
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"configuration error: {key}: {message}"
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the TOML file (if given or if ./footprint.toml exists), apply `FOOTPRINT_*`
+    overrides from `environ`, then `overrides`, and validate."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is None and Path("footprint.toml").exists():
+        path = "footprint.toml"
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration error: file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration error: {path}: {exc}") from exc
+    _apply_env(data, environ)
+    for key, value in (overrides or {}).items():
+        data[key] = value
+    return parse_settings(data)
+
+
+def parse_settings(data: Mapping[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

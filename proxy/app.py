@@ -1,0 +1,241 @@
+"""`create_app(settings)`: wiring and lifespan only.
+
+I/O is injected through keyword defaults so tests pass real small things (an ASGI upstream,
+a fake pynvml module, a local intensity server) instead of patching globals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import ModuleType
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from meters.calibration import Calibrations
+from meters.estimate import Estimator
+from meters.intensity import ElectricityMapsProvider, GridIntensity, IntensityTable, TableIntensity
+from meters.meter import build_meter
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from meters import Hardware, SiteFactors
+from proxy.auth import Authenticator
+from proxy.budgets import open_budgets
+from proxy.config import Settings, UpstreamSettings
+from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.forward import Relay
+from proxy.ledger import open_ledger
+from proxy.routes import health, openai
+from proxy.routes.admin import admin_router
+from proxy.routes.footprint import footprint_router
+from proxy.services import Services
+from proxy.upstreams import Upstream, UpstreamRouter, build_client
+
+log = logging.getLogger("footprint")
+
+
+def build_upstream(
+    settings: Settings,
+    upstream: UpstreamSettings,
+    calibrations: Calibrations,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    nvml: ModuleType | None = None,
+    meter_transport: httpx.BaseTransport | None = None,
+) -> Upstream:
+    hardware = Hardware(
+        accelerator=upstream.hardware.accelerator,
+        gpus=upstream.hardware.gpus,
+        active_params_b=upstream.hardware.active_params_b,
+        total_params_b=upstream.hardware.total_params_b,
+    )
+    metering = settings.metering
+    estimator = Estimator(
+        hardware,
+        batch_size=metering.batch_size,
+        server_power_w_per_gpu=metering.server_power_w_per_gpu,
+        calibrations=calibrations,
+    )
+
+    def observe(model: str, prompt_tokens: int, output_tokens: int, gpu_energy_j: float) -> None:
+        calibrations.observe(
+            model, hardware.accelerator, prompt_tokens, output_tokens, gpu_energy_j
+        )
+
+    meter = build_meter(
+        upstream.meter.kind,
+        hardware=hardware,
+        gpus=upstream.meter.gpus,
+        url=upstream.meter.url,
+        tick_s=metering.tick_s,
+        alpha=metering.alpha,
+        server_power_w_per_gpu=metering.server_power_w_per_gpu,
+        fallback=estimator.estimate,
+        observe=observe,
+        nvml=nvml,
+        transport=meter_transport,
+    )
+    return Upstream(
+        settings=upstream,
+        client=build_client(upstream, transport),
+        meter=meter,
+        site=SiteFactors(
+            zone=upstream.zone, pue=upstream.pue, wue_l_per_kwh=upstream.wue_l_per_kwh
+        ),
+        hardware=hardware,
+        estimator=estimator,
+    )
+
+
+def build_intensity(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> GridIntensity:
+    table = IntensityTable.shipped()
+    config = settings.intensity
+    if config.provider == "electricitymaps":
+        api_key = os.environ.get(config.api_key_env, "")
+        if api_key:
+            return ElectricityMapsProvider(
+                api_key,
+                table,
+                base_url=config.base_url,
+                ttl_s=config.cache_ttl_s,
+                timeout_s=config.timeout_s,
+                transport=transport,
+            )
+        log.warning("intensity: %s is empty; using the shipped table", config.api_key_env)
+    return TableIntensity(table)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    upstream_transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    nvml: ModuleType | None = None,
+    meter_transport: httpx.BaseTransport | None = None,
+    intensity_transport: httpx.AsyncBaseTransport | None = None,
+    telemetry: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """The Footprint ASGI app. Everything that does I/O is built in the lifespan."""
+    environ = os.environ if environ is None else environ
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        calibrations = Calibrations()
+        upstreams = [
+            build_upstream(
+                settings,
+                u,
+                calibrations,
+                transport=(upstream_transports or {}).get(u.name),
+                nvml=nvml,
+                meter_transport=meter_transport,
+            )
+            for u in settings.upstreams
+        ]
+        router = UpstreamRouter(upstreams)
+        ledger = await open_ledger(settings.ledger)
+        admin_key = environ.get(settings.server.admin_key_env, "")
+        auth = Authenticator(ledger, settings.server.auth, admin_key)
+        budgets = await open_budgets(settings.budgets, ledger)
+        intensity = build_intensity(settings, intensity_transport)
+        tel = telemetry
+        if tel is None:
+            from proxy.telemetry import build_telemetry
+
+            tel = build_telemetry(settings.telemetry, upstreams)
+        services = Services(
+            settings=settings,
+            router=router,
+            auth=auth,
+            budgets=budgets,
+            ledger=ledger,
+            intensity=intensity,
+            telemetry=tel,
+        )
+        relay = Relay(services)
+        app.state.settings = settings
+        app.state.services = services
+        app.state.relay = relay
+        app.state.ledger = ledger
+        app.state.auth = auth
+        app.state.budgets = budgets
+        app.state.telemetry = tel
+        for upstream in upstreams:
+            upstream.meter.start()
+        log.info(
+            "footprint ready: %d upstream(s), ledger %s, auth %s",
+            len(upstreams),
+            settings.ledger.url.split("@")[-1],
+            settings.server.auth,
+        )
+        try:
+            yield
+        finally:
+            await relay.drain()
+            await router.aclose()
+            await budgets.aclose()
+            await ledger.aclose()
+            if hasattr(intensity, "aclose"):
+                await intensity.aclose()
+            if tel is not None:
+                tel.shutdown()
+
+    app = FastAPI(
+        title="Footprint",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    app.include_router(admin_router)
+    app.include_router(footprint_router)
+    if telemetry is not False:
+        from proxy.telemetry import metrics_router
+
+        app.include_router(metrics_router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        return exc.to_response()
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        location = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = (
+            f"{location}: {first.get('msg', 'invalid request')}"
+            if location
+            else str(first.get("msg", "invalid request"))
+        )
+        return InvalidRequest(message, param=location or None).to_response()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return NotFound(f"no route {request.method} {request.url.path}").to_response()
+        error = ProxyError(str(exc.detail))
+        error.status_code = exc.status_code
+        error.error_type = "invalid_request_error"
+        return error.to_response(exc.headers)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return ProxyError("internal error in the proxy").to_response()
+
+    app.add_exception_handler(ProxyError, proxy_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,152 @@
+"""The `footprint` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from proxy.config import ConfigError, Settings, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+
+
+    settings = load_settings(args.config)
+    if args.host or args.port is not None:
+        server = settings.server.model_copy(
+            update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        )
+        settings = settings.model_copy(update={"server": server})
+    return run_server(settings)
+
+
+def run_server(settings: Settings) -> int:
+    import uvicorn
+
+    from proxy.app import create_app
+
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not settings.upstreams:
+        print("footprint: no [[upstreams]] configured; nothing to relay to", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return run_demo(port=args.port, model_dir=args.model_dir, once=args.once, prompt=args.prompt)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from meters.estimate import offline_footprint
+
+    result = offline_footprint(
+        args.model,
+        args.params_b,
+        args.input_tokens,
+        args.output_tokens,
+        args.zone,
+        pue=args.pue,
+        wue_l_per_kwh=args.wue,
+        accelerator=args.accelerator,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from meters.agent import run_agent
+
+    run_agent(args.host, args.port, args.gpus)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="footprint",
+        description="OpenAI-compatible proxy that meters the energy, carbon and water of "
+        "every LLM request.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="TOML file (default: ./footprint.toml if present)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start a small local model (llama.cpp, Gemma 3 270M) and the proxy in front of "
+        "it, send one chat request and show its footprint",
+    )
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--model-dir", default=None, help="where to keep the model file")
+    demo.add_argument("--prompt", default="Write one sentence about the sea.")
+    demo.add_argument("--once", action="store_true", help="exit after the first request")
+    demo.set_defaults(func=_demo)
+
+    estimate = commands.add_parser("estimate", help="estimate one request's footprint offline")
+    estimate.add_argument("--model", required=True)
+    estimate.add_argument(
+        "--params-b",
+        type=float,
+        default=None,
+        help="active parameters in billions (default: known models' own)",
+    )
+    estimate.add_argument("--input-tokens", type=int, required=True)
+    estimate.add_argument("--output-tokens", type=int, required=True)
+    estimate.add_argument("--zone", default="WORLD")
+    estimate.add_argument("--pue", type=float, default=1.2)
+    estimate.add_argument("--wue", type=float, default=0.569, help="on-site WUE, L/kWh")
+    estimate.add_argument("--accelerator", default="H100-SXM")
+    estimate.set_defaults(func=_estimate)
+
+    agent = commands.add_parser(
+        "agent", help="publish this host's NVML GPU energy counters as Prometheus text"
+    )
+    agent.add_argument("--host", default="0.0.0.0")
+    agent.add_argument("--port", type=int, default=9401)
+    agent.add_argument(
+        "--gpus", type=int, nargs="*", default=None, help="GPU indices (default: all)"
+    )
+    agent.set_defaults(func=_agent)
+
+    try:
+        from proxy.admin_cli import register_admin_commands
+    except ImportError:  # pragma: no cover - only while the admin CLI is absent
+        pass
+    else:
+        register_admin_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

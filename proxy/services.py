@@ -1,0 +1,30 @@
+"""The live services a request passes through, built once at start and held on `app.state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from proxy.budgets import Usage
+from proxy.config import Settings
+
+if TYPE_CHECKING:
+    from meters.intensity import GridIntensity
+
+    from proxy.auth import Authenticator
+    from proxy.budgets import Budgets
+    from proxy.ledger import Ledger
+    from proxy.upstreams import UpstreamRouter
+
+__all__ = ["Services", "Usage"]
+
+
+@dataclass(eq=False)
+class Services:
+    settings: Settings
+    router: UpstreamRouter
+    auth: Authenticator
+    budgets: Budgets
+    ledger: Ledger
+    intensity: GridIntensity
+    telemetry: Any = None  # proxy.telemetry.Telemetry, or None when telemetry is off

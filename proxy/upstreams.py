@@ -1,0 +1,168 @@
+"""Upstreams: which model server serves a model, and one pooled HTTP client for each.
+
+Every upstream kind (vLLM, llama.cpp, Ollama, TGI, OpenAI) speaks the same OpenAI HTTP surface,
+so one class covers them; what differs (base URL, credentials, meter, site) is configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+from meters.estimate import Estimator
+
+from meters import Hardware, RequestMeter, SiteFactors
+from proxy.config import UpstreamSettings
+
+log = logging.getLogger("footprint.upstreams")
+
+
+@dataclass(eq=False)
+class Upstream:
+    """One configured model server and the live objects that talk to it."""
+
+    settings: UpstreamSettings
+    client: httpx.AsyncClient
+    meter: RequestMeter
+    site: SiteFactors
+    hardware: Hardware
+    estimator: Estimator
+    _model_cache: tuple[float, list[dict[str, object]]] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def measuring(self) -> bool:
+        """Whether figures from this upstream will be measured (a meter that works now)."""
+        return self.settings.meter.kind != "estimate" and bool(
+            getattr(self.meter, "healthy", False)
+        )
+
+    @property
+    def host(self) -> str:
+        return httpx.URL(self.settings.base_url).host
+
+    def serves_exactly(self, model: str) -> bool:
+        return any(p == model for p in self.settings.models if not _is_pattern(p))
+
+    def serves_by_pattern(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, p) for p in self.settings.models if _is_pattern(p))
+
+    async def list_models(self, max_age_s: float = 10.0) -> list[dict[str, object]]:
+        """The upstream's own `/models`, cached briefly; configured exact names are added."""
+        now = time.monotonic()
+        if self._model_cache is not None and now - self._model_cache[0] < max_age_s:
+            return self._model_cache[1]
+        found: dict[str, dict[str, object]] = {}
+        try:
+            response = await self.client.get("/models", timeout=5.0)
+            if response.status_code == 200:
+                for entry in orjson.loads(response.content).get("data", []):
+                    if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                        found[entry["id"]] = entry
+        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
+            log.warning("upstream %s: /models failed: %s", self.name, exc)
+        for name in self.settings.models:
+            if not _is_pattern(name):
+                found.setdefault(name, {"id": name, "object": "model", "owned_by": self.name})
+        models = [
+            m
+            for m in found.values()
+            if self.serves_exactly(str(m["id"])) or self.serves_by_pattern(str(m["id"]))
+        ]
+        self._model_cache = (now, models)
+        return models
+
+    async def ping(self) -> bool:
+        """Readiness: the upstream answers HTTP at all (any status)."""
+        try:
+            await self.client.get("/models", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+
+def _is_pattern(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
+def build_client(
+    settings: UpstreamSettings,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client per upstream; the upstream's credential is injected here and never
+    travels back to a client."""
+    headers: dict[str, str] = {}
+    if settings.api_key_env:
+        key = os.environ.get(settings.api_key_env, "")
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        else:
+            log.warning(
+                "upstream %s: environment variable %s is empty; calling it without a key",
+                settings.name,
+                settings.api_key_env,
+            )
+    return httpx.AsyncClient(
+        base_url=settings.base_url,
+        headers=headers,
+        timeout=httpx.Timeout(
+            connect=settings.connect_timeout_s,
+            read=settings.read_timeout_s,
+            write=settings.read_timeout_s,
+            pool=settings.connect_timeout_s,
+        ),
+        limits=httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+            keepalive_expiry=30.0,
+        ),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+class UpstreamRouter:
+    """model → upstream: exact names first (in configuration order), then patterns like `*`."""
+
+    def __init__(self, upstreams: Sequence[Upstream]) -> None:
+        self.upstreams = list(upstreams)
+        self._exact: dict[str, Upstream] = {}
+        for upstream in self.upstreams:
+            for name in upstream.settings.models:
+                if not _is_pattern(name):
+                    self._exact.setdefault(name, upstream)
+
+    def route(self, model: str) -> Upstream | None:
+        found = self._exact.get(model)
+        if found is not None:
+            return found
+        for upstream in self.upstreams:
+            if upstream.serves_by_pattern(model):
+                return upstream
+        return None
+
+    async def list_models(self) -> list[dict[str, object]]:
+        """Models across every upstream; for a model served twice, the one that routes wins."""
+        results = await asyncio.gather(*(u.list_models() for u in self.upstreams))
+        merged: dict[str, dict[str, object]] = {}
+        for models in results:
+            for model in models:
+                model_id = str(model["id"])
+                if model_id not in merged:
+                    merged[model_id] = model
+        return list(merged.values())
+
+    async def aclose(self) -> None:
+        for upstream in self.upstreams:
+            await upstream.client.aclose()
+            await upstream.meter.aclose()

@@ -1,0 +1,202 @@
+"""A small OpenAI-speaking model server for tests, with failure modes chosen by model name.
+
+Models:
+- `echo`: answers at once; streams `words` chunks (default 8) with usage when asked.
+- `nousage`: streams without a usage chunk even when asked (like llama.cpp's server).
+- `slow`: waits `delay_s` (default 5) before answering.
+- `garbage`: answers 200 with bytes that are not JSON (stream: not SSE either).
+- `drop`: streams 3 chunks, then the connection dies mid-stream.
+- `error500`: answers 500 with an OpenAI-shaped error body.
+- `error400`: answers 400 with an OpenAI-shaped error body.
+- `long`: streams a chunk every 50 ms for 30 s; records when it sees itself cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class UpstreamLog:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    cancelled_at: dict[str, float] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+
+
+def _chunk(rid: str, model: str, text: str | None, finish: str | None = None) -> bytes:
+    delta = {"content": text} if text is not None else {}
+    payload = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def make_upstream(
+    log: UpstreamLog | None = None,
+    *,
+    words: int = 8,
+    delay_s: float = 5.0,
+    chunk_interval_s: float = 0.0,
+) -> Starlette:
+    log = log if log is not None else UpstreamLog()
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        log.requests.append(body)
+        log.headers.append(dict(request.headers))
+        model = body.get("model", "")
+        rid = request.headers.get("x-request-id", "up-1")
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        if model == "slow":
+            await asyncio.sleep(delay_s)
+        if model == "error500":
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "model crashed",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status_code=500,
+            )
+        if model == "error400":
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "bad temperature",
+                        "type": "invalid_request_error",
+                        "param": "temperature",
+                        "code": None,
+                    }
+                },
+                status_code=400,
+            )
+        if model == "garbage":
+            return Response(b"<html>definitely not json", media_type="application/json")
+        if not body.get("stream"):
+            text = " ".join(f"w{i}" for i in range(words))
+            return JSONResponse(
+                {
+                    "id": rid,
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": words,
+                        "total_tokens": prompt_tokens + words,
+                    },
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                count = 10**6 if model == "long" else (3 if model == "drop" else words)
+                for i in range(count):
+                    if model == "long":
+                        await asyncio.sleep(0.05)
+                    elif chunk_interval_s:
+                        await asyncio.sleep(chunk_interval_s)
+                    yield _chunk(rid, model, f"w{i} ")
+                if model == "drop":
+                    raise RuntimeError("upstream died mid-stream")
+                yield _chunk(rid, model, None, "stop")
+                if include_usage and model != "nousage":
+                    usage = {
+                        "id": rid,
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": model,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": count,
+                            "total_tokens": prompt_tokens + count,
+                        },
+                    }
+                    yield b"data: " + orjson.dumps(usage) + b"\n\n"
+                yield b"data: [DONE]\n\n"
+                log.finished.add(rid)
+            except (asyncio.CancelledError, GeneratorExit):
+                log.cancelled_at[rid] = time.monotonic()
+                raise
+
+        if model == "garbage-stream":
+            return Response(b"not an event stream", media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        body = await request.json()
+        log.requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        tokens = sum(len(str(i).split()) for i in inputs)
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                    for i in range(len(inputs))
+                ],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        log.requests.append(body)
+        return JSONResponse(
+            {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "text": " once upon", "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4},
+            }
+        )
+
+    async def models(request: Request) -> Response:
+        names = ["echo", "nousage", "slow", "garbage", "drop", "error500", "error400", "long"]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": n, "object": "model", "owned_by": "test"} for n in names],
+            }
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
+    app.state.log = log
+    return app

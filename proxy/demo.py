@@ -53,6 +53,8 @@ def run_demo(
 
     from proxy.app import create_app
 
+    if port == 0:
+        port = localmodel.free_port()
     _say("preparing the model (Gemma 3 270M, Q4_K_M GGUF; Gemma Terms of Use)…")
     model_path = localmodel.ensure_model(model_dir)
     model_port = localmodel.free_port()

@@ -1,0 +1,60 @@
+"""The dependency rules of style.md, checked on the source: `meters` never imports `proxy`,
+only one module touches each vendor library, nothing imports `proxy.app`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_meters_never_imports_proxy() -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in modules("meters")
+        if any(name == "proxy" or name.startswith("proxy.") for name in imports_of(p))
+    ]
+    assert offenders == []
+
+
+def test_only_the_nvml_source_imports_pynvml() -> None:
+    users = [
+        str(p.relative_to(ROOT))
+        for p in modules("meters") + modules("proxy")
+        if any(name.startswith("pynvml") for name in imports_of(p))
+    ]
+    assert users == ["meters/sources/nvml.py"]
+
+
+def test_nothing_imports_the_app_module() -> None:
+    users = [
+        str(p.relative_to(ROOT))
+        for p in modules("proxy") + modules("meters")
+        if "proxy.app" in imports_of(p) and p.name not in ("cli.py", "demo.py")
+    ]
+    assert users == []
+
+
+def test_only_telemetry_and_app_touch_the_otel_sdk() -> None:
+    users = [
+        str(p.relative_to(ROOT))
+        for p in modules("proxy") + modules("meters")
+        if any(name.startswith("opentelemetry.sdk") for name in imports_of(p))
+    ]
+    assert all("telemetry" in u or u.endswith("app.py") for u in users), users

@@ -1,0 +1,30 @@
+"""The ledger: request records, teams, keys and budget limits, in SQLite or PostgreSQL.
+
+Only this package speaks SQL. `open_ledger(settings.ledger)` gives a `Ledger`; its `store`
+holds teams, keys and budgets in the same database.
+"""
+
+from proxy.ledger._engine import LedgerConfigError
+from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
+from proxy.ledger._records import METRICS, PERIODS, LedgerRecord, as_utc, iso
+from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
+from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
+from proxy.ledger._writer import LedgerWriteError
+
+__all__ = [
+    "GROUP_KEYS",
+    "METRICS",
+    "PERIODS",
+    "SUM_FIELDS",
+    "AlreadyExists",
+    "IdlePolicy",
+    "Ledger",
+    "LedgerConfigError",
+    "LedgerRecord",
+    "LedgerWriteError",
+    "Store",
+    "UnknownTeam",
+    "as_utc",
+    "iso",
+    "open_ledger",
+]

@@ -1,0 +1,263 @@
+"""The ledger: one durable row per request, and the sums that reports and budgets read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from proxy.config import LedgerSettings
+from proxy.ledger._engine import build_engine, migrate
+from proxy.ledger._records import LedgerRecord, as_utc, row_to_json
+from proxy.ledger._schema import idle, requests
+from proxy.ledger._store import Store
+from proxy.ledger._usage import GROUP_KEYS, IdleInterval, aggregate, split_idle_by_day
+from proxy.ledger._writer import GroupCommitWriter
+
+IdlePolicy = Literal["report", "spread"]
+
+_TRACE_SUMS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "gpu_energy_j",
+    "energy_j",
+    "co2e_g",
+    "embodied_co2e_g",
+    "water_ml",
+    "duration_ms",
+)
+
+
+class Ledger:
+    """Request records and reports over them. Build with `open_ledger`."""
+
+    def __init__(self, engine: AsyncEngine, settings: LedgerSettings, store: Store) -> None:
+        self._engine = engine
+        self.store = store
+        self._writer = GroupCommitWriter(
+            engine,
+            self._insert_batch,
+            max_rows=settings.batch_max_rows,
+            max_delay_s=settings.batch_max_delay_ms / 1000.0,
+        )
+        dialect = engine.dialect.name
+        self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(requests)
+        self._insert = self._insert.on_conflict_do_nothing(index_elements=["request_id"])
+
+    @property
+    def backend(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self._engine.dialect.name
+
+    @property
+    def rows_committed(self) -> int:
+        return self._writer.rows_committed
+
+    @property
+    def batches_committed(self) -> int:
+        return self._writer.batches_committed
+
+    async def _insert_batch(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        await conn.execute(self._insert, rows)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def record(self, record: LedgerRecord) -> None:
+        """Store `record`; returns once it is committed. Idempotent on request_id: a second
+        record with the same id leaves the first as it was. Raises LedgerWriteError."""
+        await self._writer.submit(record.to_row())
+
+    async def record_idle(
+        self,
+        upstream: str,
+        start: datetime,
+        end: datetime,
+        energy_j: float,
+        *,
+        gpu_energy_j: float | None = None,
+        co2e_g: float = 0.0,
+        water_ml: float = 0.0,
+    ) -> None:
+        """Store idle energy of `upstream` over [start, end). `energy_j` is facility energy
+        (as in request rows); `gpu_energy_j` defaults to it."""
+        values = {
+            "upstream": upstream,
+            "start_at": as_utc(start),
+            "end_at": as_utc(end),
+            "gpu_energy_j": energy_j if gpu_energy_j is None else gpu_energy_j,
+            "energy_j": energy_j,
+            "co2e_g": co2e_g,
+            "water_ml": water_ml,
+        }
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(idle).values(**values))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get_request(self, request_id: str, team: str | None) -> dict[str, Any] | None:
+        """The record of one request; with `team`, only if it is that team's."""
+        query = select(requests).where(requests.c.request_id == request_id)
+        if team is not None:
+            query = query.where(requests.c.team == team)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else row_to_json(dict(row))
+
+    async def usage(
+        self,
+        group_by: Sequence[str],
+        start: datetime | None,
+        end: datetime | None,
+        team: str | None,
+        idle_policy: IdlePolicy,
+    ) -> list[dict[str, Any]]:
+        """Sums over [start, end) grouped by any of team, model, upstream, day."""
+        rows, _ = await self.usage_report(group_by, start, end, team, idle_policy)
+        return rows
+
+    async def usage_report(
+        self,
+        group_by: Sequence[str],
+        start: datetime | None,
+        end: datetime | None,
+        team: str | None,
+        idle_policy: IdlePolicy,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(usage rows, idle energy per upstream not spread over any team in the period)."""
+        for key in group_by:
+            if key not in GROUP_KEYS:
+                raise ValueError(f"cannot group by {key!r}")
+        keys = [getattr(requests.c, k) for k in GROUP_KEYS]
+        query = select(
+            *keys,
+            func.count().label("requests"),
+            func.coalesce(func.sum(requests.c.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(requests.c.completion_tokens), 0).label("completion_tokens"),
+            *(
+                func.coalesce(func.sum(getattr(requests.c, f)), 0.0).label(f)
+                for f in ("gpu_energy_j", "energy_j", "co2e_g", "embodied_co2e_g", "water_ml")
+            ),
+        ).group_by(*keys)
+        spread = idle_policy == "spread"
+        # Spreading needs every team's energy on an upstream; filter to `team` afterwards.
+        if team is not None and not spread:
+            query = query.where(requests.c.team == team)
+        if start is not None:
+            query = query.where(requests.c.created_at >= as_utc(start))
+        if end is not None:
+            query = query.where(requests.c.created_at < as_utc(end))
+        async with self._engine.connect() as conn:
+            fine = [dict(r) for r in (await conn.execute(query)).mappings().all()]
+            intervals = await self._idle_intervals(conn, start, end)
+        for row in fine:
+            row["prompt_tokens"] = int(row["prompt_tokens"])
+            row["completion_tokens"] = int(row["completion_tokens"])
+            row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+            for f in ("gpu_energy_j", "energy_j", "co2e_g", "embodied_co2e_g", "water_ml"):
+                row[f] = float(row[f])
+        by_day = split_idle_by_day(intervals, start, end)
+        rows, unspread = aggregate(
+            fine, [*group_by, "team"] if team and spread else group_by, by_day if spread else None
+        )
+        if team is not None and spread:
+            rows = [r for r in rows if r["team"] == team]
+            if "team" not in group_by:
+                for r in rows:
+                    del r["team"]
+        if not spread:
+            unspread = _sum_idle_per_upstream(by_day)
+        return rows, ([] if team is not None else unspread)
+
+    async def _idle_intervals(
+        self, conn: AsyncConnection, start: datetime | None, end: datetime | None
+    ) -> list[IdleInterval]:
+        query = select(idle)
+        if start is not None:
+            query = query.where(idle.c.end_at > as_utc(start))
+        if end is not None:
+            query = query.where(idle.c.start_at < as_utc(end))
+        rows = (await conn.execute(query)).all()
+        return [
+            IdleInterval(
+                r.upstream, r.start_at, r.end_at, r.gpu_energy_j, r.energy_j, r.co2e_g, r.water_ml
+            )
+            for r in rows
+        ]
+
+    async def trace(self, trace_id: str, team: str | None) -> dict[str, Any] | None:
+        """Summed footprint of every request in one distributed trace (of `team`, if given)."""
+        query = (
+            select(requests.c.request_id, *(getattr(requests.c, f) for f in _TRACE_SUMS))
+            .where(requests.c.trace_id == trace_id)
+            .order_by(requests.c.created_at, requests.c.request_id)
+        )
+        if team is not None:
+            query = query.where(requests.c.team == team)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return None
+        out: dict[str, Any] = {"trace_id": trace_id, "requests": len(rows)}
+        for f in _TRACE_SUMS:
+            total = sum(getattr(r, f) for r in rows)
+            out[f] = int(total) if f.endswith("tokens") else float(total)
+        out["request_ids"] = [r.request_id for r in rows]
+        return out
+
+    async def ping(self) -> None:
+        """Raises if the database cannot be reached."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def count_requests(self) -> int:
+        async with self._engine.connect() as conn:
+            return int(
+                (await conn.execute(select(func.count()).select_from(requests))).scalar_one()
+            )
+
+    async def aclose(self) -> None:
+        """Commit what is queued, then close every connection."""
+        await self._writer.aclose()
+        await self._engine.dispose()
+
+    def _start(self) -> None:
+        self._writer.start()
+
+
+def _sum_idle_per_upstream(by_day: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
+    totals: dict[str, list[float]] = {}
+    for (upstream, _day), figures in by_day.items():
+        acc = totals.setdefault(upstream, [0.0, 0.0, 0.0, 0.0])
+        for i, v in enumerate(figures):
+            acc[i] += v
+    return [
+        {"upstream": u, "gpu_energy_j": v[0], "energy_j": v[1], "co2e_g": v[2], "water_ml": v[3]}
+        for u, v in sorted(totals.items())
+    ]
+
+
+def _revocation_file(engine: AsyncEngine) -> Path | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    return Path(database).expanduser().with_name(Path(database).name + ".revocations")
+
+
+async def open_ledger(settings: LedgerSettings) -> Ledger:
+    """Connect to `settings.url`, bring the schema up to date, start the group-commit writer."""
+    engine = build_engine(settings.url)
+    try:
+        await migrate(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    ledger = Ledger(engine, settings, Store(engine, _revocation_file(engine)))
+    ledger._start()
+    return ledger

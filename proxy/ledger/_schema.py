@@ -1,0 +1,109 @@
+"""The tables, as SQLAlchemy Core objects: the one place their shape is written down.
+
+Migrations under `migrations/versions/` create exactly this; `tests/proxy/ledger` checks that
+the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# One row per request the proxy served (or tried to).
+requests = Table(
+    "requests",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # UTC calendar day of created_at, kept as text so "group by day" is the same SQL everywhere.
+    Column("day", String(10), nullable=False),
+    Column("team", String(64), nullable=False),
+    Column("key_id", String(40)),
+    Column("model", String(200), nullable=False),
+    Column("upstream", String(100), nullable=False),
+    Column("endpoint", String(32), nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("cancelled", Boolean, nullable=False),
+    Column("error", Text),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("tokens_counted", Boolean, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("basis", String(200), nullable=False),
+    Column("gpu_energy_j", Float, nullable=False),
+    Column("energy_j", Float, nullable=False),
+    Column("co2e_g", Float, nullable=False),
+    Column("embodied_co2e_g", Float, nullable=False),
+    Column("water_ml", Float, nullable=False),
+    Column("zone", String(64), nullable=False),
+    Column("grid_gco2e_per_kwh", Float, nullable=False),
+    Column("pue", Float, nullable=False),
+    Column("intensity_source", String(200), nullable=False),
+    Column("trace_id", String(32)),
+    Column("duration_ms", Float, nullable=False),
+    Column("overhead_ms", Float, nullable=False),
+)
+Index("ix_requests_team_created_at", requests.c.team, requests.c.created_at)
+Index("ix_requests_created_at", requests.c.created_at)
+Index("ix_requests_trace_id", requests.c.trace_id)
+
+# Energy an upstream's GPUs used while no request was in flight (methodology §2).
+idle = Table(
+    "idle_energy",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("upstream", String(100), nullable=False),
+    Column("start_at", DateTime(timezone=True), nullable=False),
+    Column("end_at", DateTime(timezone=True), nullable=False),
+    Column("gpu_energy_j", Float, nullable=False),
+    Column("energy_j", Float, nullable=False),
+    Column("co2e_g", Float, nullable=False),
+    Column("water_ml", Float, nullable=False),
+)
+Index("ix_idle_energy_start_at", idle.c.start_at)
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team", String(64), ForeignKey("teams.name"), nullable=False),
+    # SHA-256 of the whole key, hex; the key itself is never stored.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    # The first characters of the key, so a person can tell keys apart in a listing.
+    Column("key_prefix", String(16), nullable=False),
+    Column("models", Text, nullable=False),  # JSON list of model names or globs
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+Index("ix_api_keys_team", api_keys.c.team)
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("team", String(64), ForeignKey("teams.name"), primary_key=True),
+    Column("metric", String(16), primary_key=True),
+    Column("period", String(8), primary_key=True),
+    Column("limit_value", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

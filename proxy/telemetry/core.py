@@ -1,0 +1,429 @@
+"""`Telemetry`: the request-path side of tracing and metrics. Cheap by design: one attribute
+dict per span, set once; metric attributes built once per request; nothing that blocks.
+
+The relay calls, per request: `begin` (request arrives) → `inject` (just before the upstream
+call) → `end` (the meter closed) or `fail` (the proxy refused or lost the request). Spans are
+exported by a batch processor on its own thread, so a slow or dead collector never reaches the
+request path; metrics are read on the exporter's thread and on a `/metrics` scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeter, Observation
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from proxy.telemetry import names as n
+
+log = logging.getLogger("footprint.telemetry")
+
+_SCOPE = "footprint"
+
+
+class RequestTelemetry:
+    """The per-request handle `begin` returns; the relay keeps it on `call.telemetry`."""
+
+    __slots__ = ("call", "client_span", "context", "done", "server_span")
+
+    def __init__(self, call: Any, context: otel_context.Context | None, server_span: Any) -> None:
+        self.call = call
+        self.context = context
+        self.server_span = server_span
+        self.client_span: Any = None
+        self.done = False
+
+
+class Telemetry:
+    """Spans and metrics for the proxy. Built by `build_telemetry`; tests may build one directly
+    with an in-memory tracer and meter.
+
+    `tracer` is None when no span exporter is configured: then no span is made, and only the
+    caller's own trace id (from its `traceparent`) is noted on the request.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer: Tracer | None = None,
+        meter: Meter | None = None,
+        semconv_latest_only: bool = False,
+        prometheus: Any = None,
+        providers: Sequence[Any] = (),
+        flushers: Sequence[Any] = (),
+    ) -> None:
+        self._tracer = tracer
+        self._legacy_system = not semconv_latest_only
+        self._propagator = CompositePropagator(
+            [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
+        )
+        self._traceparent = TraceContextTextMapPropagator()
+        self._prometheus = prometheus  # (CollectorRegistry, lock) or None
+        self._providers = list(providers)  # SDK providers to shut down
+        # What `force_flush` pushes out: the tracer provider and the periodic metric readers.
+        # Not the Prometheus reader: it keeps what it collects until the next scrape.
+        self._flushers = list(flushers)
+        self._upstreams: list[Any] = []
+        self._upstream_cache: dict[str, tuple[str, str, int]] = {}
+        self._shut = False
+
+        meter = meter if meter is not None else NoOpMeter(_SCOPE)
+        self._energy = meter.create_counter(
+            "footprint.energy",
+            unit="J",
+            description="Facility energy of requests (accelerator + server overhead, times PUE)",
+        )
+        self._co2e = meter.create_counter(
+            "footprint.co2e",
+            unit="g",
+            description="Carbon of requests, operational plus embodied, grams CO2e",
+        )
+        self._water = meter.create_counter(
+            "footprint.water",
+            unit="mL",
+            description="Water of requests, on-site cooling plus off-site generation",
+        )
+        self._requests = meter.create_counter(
+            "footprint.requests",
+            unit="{request}",
+            description="Requests the proxy answered, failed ones with error.type",
+        )
+        self._tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=n.TOKEN_BUCKETS,
+        )
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=n.DURATION_BUCKETS_S,
+        )
+        self._first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time to the first chunk of a streamed response",
+            explicit_bucket_boundaries_advisory=n.DURATION_BUCKETS_S,
+        )
+        meter.create_observable_counter(
+            "footprint.idle_energy",
+            callbacks=[self._observe_idle_energy],
+            unit="J",
+            description="GPU energy measured while no request was in flight, per upstream",
+        )
+        meter.create_observable_counter(
+            "hw.energy",
+            callbacks=[self._observe_gpu_energy],
+            unit="J",
+            description="Energy consumed by the component",
+        )
+        meter.create_observable_gauge(
+            "hw.power",
+            callbacks=[self._observe_gpu_power],
+            unit="W",
+            description="Instantaneous power consumed by the component",
+        )
+
+    # ---- upstreams -------------------------------------------------------------------------
+
+    def watch_upstreams(self, upstreams: Iterable[Any]) -> None:
+        """Upstreams whose meters feed `footprint.idle_energy`, `hw.energy` and `hw.power`."""
+        self._upstreams = list(upstreams)
+
+    def _upstream_names(self, upstream: Any) -> tuple[str, str, int]:
+        """(provider name, server address, server port) of an upstream, worked out once."""
+        name = upstream.name
+        found = self._upstream_cache.get(name)
+        if found is None:
+            settings = upstream.settings
+            address, port = n.server_address(settings.base_url)
+            found = (n.provider_name(address, settings), address, port)
+            self._upstream_cache[name] = found
+        return found
+
+    # ---- the request path ------------------------------------------------------------------
+
+    def begin(self, headers: Mapping[str, str], call: Any) -> RequestTelemetry:
+        """A request arrived: continue the caller's trace, open the server span, note the
+        trace id on `call` for the ledger."""
+        if self._tracer is None:
+            parent = self._traceparent.extract(headers)
+            caller = trace.get_current_span(parent).get_span_context()
+            if caller.is_valid:
+                call.trace_id = format(caller.trace_id, "032x")
+            return RequestTelemetry(call, None, None)
+        parent = self._propagator.extract(headers)
+        _operation, route = n.endpoint_names(call.endpoint)
+        span = self._tracer.start_span(
+            f"POST {route}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                n.HTTP_METHOD: "POST",
+                n.HTTP_ROUTE: route,
+                n.FOOTPRINT_REQUEST_ID: call.request_id,
+            },
+        )
+        call.trace_id = format(span.get_span_context().trace_id, "032x")
+        return RequestTelemetry(call, trace.set_span_in_context(span, parent), span)
+
+    def inject(self, handle: RequestTelemetry, headers: MutableMapping[str, str]) -> None:
+        """The upstream call is about to leave: open the client span and write its W3C headers
+        (traceparent, tracestate, baggage) into `headers`."""
+        if handle.context is None:
+            return  # no tracing: the caller's own headers travel on unchanged
+        call = handle.call
+        if handle.client_span is not None:
+            handle.client_span.end()
+        upstream = call.upstream
+        operation, _route = n.endpoint_names(call.endpoint)
+        attributes: dict[str, Any] = {n.OPERATION: operation, n.REQUEST_MODEL: call.model}
+        if upstream is not None:
+            provider, address, port = self._upstream_names(upstream)
+            attributes[n.PROVIDER] = provider
+            if self._legacy_system:
+                attributes[n.SYSTEM_PRE_1_37] = provider
+            attributes[n.SERVER_ADDRESS] = address
+            attributes[n.SERVER_PORT] = port
+            attributes[n.FOOTPRINT_UPSTREAM] = upstream.name
+        if call.max_tokens and operation != "embeddings":
+            attributes[n.REQUEST_MAX_TOKENS] = call.max_tokens
+        span = self._tracer.start_span(  # type: ignore[union-attr]
+            f"{operation} {call.model}",
+            context=handle.context,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        handle.client_span = span
+        self._propagator.inject(headers, context=trace.set_span_in_context(span, handle.context))
+
+    def end(self, handle: RequestTelemetry, call: Any, footprint: Any) -> None:
+        """The request's meter closed (success, upstream error, cut-off or disconnect): put the
+        figures on the spans, end them, record the metrics. Runs once; later calls do nothing."""
+        if handle.done:
+            return
+        handle.done = True
+        upstream = call.upstream
+        operation, _route = n.endpoint_names(call.endpoint)
+        failed = call.status >= 400 or call.error is not None
+        error_type = (call.error or str(call.status)) if failed else None
+        provider, address, port = (
+            self._upstream_names(upstream) if upstream is not None else ("", "", 0)
+        )
+
+        client = handle.client_span
+        if client is not None and client.is_recording():
+            attributes: dict[str, Any] = {
+                n.INPUT_TOKENS: call.prompt_tokens,
+                n.FOOTPRINT_METHOD: footprint.method,
+                n.FOOTPRINT_GPU_ENERGY_J: footprint.gpu_energy_j,
+                n.FOOTPRINT_ENERGY_J: footprint.energy_j,
+                n.FOOTPRINT_CO2E_G: footprint.co2e_g,
+                n.FOOTPRINT_EMBODIED_CO2E_G: footprint.embodied_co2e_g,
+                n.FOOTPRINT_WATER_ML: footprint.water_ml,
+                n.FOOTPRINT_ZONE: footprint.zone,
+                n.FOOTPRINT_GRID: footprint.grid_gco2e_per_kwh,
+                n.FOOTPRINT_TEAM: call.team,
+                n.FOOTPRINT_STREAM: call.stream,
+                n.HTTP_STATUS: call.status,
+            }
+            if operation != "embeddings":
+                attributes[n.OUTPUT_TOKENS] = call.completion_tokens
+            if call.response_model:
+                attributes[n.RESPONSE_MODEL] = call.response_model
+            if call.finish_reasons:
+                attributes[n.FINISH_REASONS] = tuple(call.finish_reasons)
+            if call.cancelled:
+                attributes[n.FOOTPRINT_CANCELLED] = True
+            if error_type is not None:
+                attributes[n.ERROR_TYPE] = error_type
+            client.set_attributes(attributes)
+            if error_type is not None:
+                client.set_status(Status(StatusCode.ERROR, error_type))
+        if client is not None:
+            client.end()
+        self._end_server(handle, call, error_type)
+
+        # Metrics.
+        model = call.model
+        counted = {
+            n.TEAM: call.team,
+            n.MODEL: model,
+            n.UPSTREAM: upstream.name if upstream is not None else "",
+            n.METHOD: footprint.method,
+        }
+        self._energy.add(footprint.energy_j, counted)
+        self._co2e.add(footprint.co2e_g, counted)
+        self._water.add(footprint.water_ml, counted)
+        if error_type is not None:
+            counted = {**counted, n.ERROR_TYPE: error_type}
+        self._requests.add(1, counted)
+
+        genai: dict[str, Any] = {
+            n.OPERATION: operation,
+            n.PROVIDER: provider,
+            n.REQUEST_MODEL: model,
+            n.FOOTPRINT_TEAM: call.team,
+        }
+        if address:
+            genai[n.SERVER_ADDRESS] = address
+            genai[n.SERVER_PORT] = port
+        if call.response_model:
+            genai[n.RESPONSE_MODEL] = call.response_model
+        if call.prompt_tokens or not failed:
+            self._tokens.record(call.prompt_tokens, {**genai, n.TOKEN_TYPE: "input"})
+        if operation != "embeddings" and (call.completion_tokens or not failed):
+            self._tokens.record(call.completion_tokens, {**genai, n.TOKEN_TYPE: "output"})
+        if call.stream and call.first_chunk_s is not None:
+            self._first_chunk.record(call.first_chunk_s, genai)
+        if error_type is not None:
+            genai[n.ERROR_TYPE] = error_type
+        self._duration.record(time.perf_counter() - call.started, genai)
+
+    def fail(self, handle: RequestTelemetry, call: Any, error: Any) -> None:
+        """The proxy answered the request with its own error (before the upstream was called,
+        or after `end`). After `end` this does nothing; otherwise the spans are marked failed
+        and ended, and the request counted."""
+        if handle.done:
+            return
+        handle.done = True
+        error_type = (
+            getattr(error, "code", None)
+            or getattr(error, "error_type", None)
+            or type(error).__name__
+        )
+        status = getattr(error, "status_code", None) or call.status
+        client = handle.client_span
+        if client is not None:
+            client.set_attributes({n.ERROR_TYPE: error_type, n.HTTP_STATUS: status})
+            client.set_status(Status(StatusCode.ERROR, error_type))
+            client.end()
+        self._end_server(handle, call, error_type, status)
+        upstream = call.upstream
+        counted: dict[str, Any] = {
+            n.TEAM: call.team,
+            n.MODEL: call.model,
+            n.UPSTREAM: upstream.name if upstream is not None else "",
+            n.ERROR_TYPE: error_type,
+        }
+        self._requests.add(1, counted)
+        if client is not None and upstream is not None:
+            operation, _route = n.endpoint_names(call.endpoint)
+            provider, address, port = self._upstream_names(upstream)
+            self._duration.record(
+                time.perf_counter() - call.started,
+                {
+                    n.OPERATION: operation,
+                    n.PROVIDER: provider,
+                    n.REQUEST_MODEL: call.model,
+                    n.SERVER_ADDRESS: address,
+                    n.SERVER_PORT: port,
+                    n.FOOTPRINT_TEAM: call.team,
+                    n.ERROR_TYPE: error_type,
+                },
+            )
+
+    def _end_server(
+        self, handle: RequestTelemetry, call: Any, error_type: str | None, status: int | None = None
+    ) -> None:
+        span = handle.server_span
+        if span is None:
+            return
+        if span.is_recording():
+            attributes: dict[str, Any] = {
+                n.HTTP_STATUS: status or call.status,
+                n.FOOTPRINT_TEAM: call.team,
+            }
+            if call.model:
+                attributes[n.REQUEST_MODEL] = call.model
+            if error_type is not None:
+                attributes[n.ERROR_TYPE] = error_type
+            span.set_attributes(attributes)
+            if error_type is not None:
+                span.set_status(Status(StatusCode.ERROR, error_type))
+        span.end()
+
+    # ---- observable instruments ------------------------------------------------------------
+
+    def _observe_idle_energy(self, options: CallbackOptions) -> Iterable[Observation]:
+        for upstream in self._upstreams:
+            idle = getattr(upstream.meter, "idle_energy_j", None)
+            if idle is None:
+                continue
+            try:
+                value = idle() if callable(idle) else idle
+            except Exception as exc:  # a meter's failure must not break a scrape
+                log.warning("upstream %s: idle energy unreadable: %s", upstream.name, exc)
+                continue
+            if value is not None:
+                yield Observation(float(value), {n.UPSTREAM: upstream.name})
+
+    def _gpu_readings(self) -> Iterable[tuple[Any, Any]]:
+        for upstream in self._upstreams:
+            readings = getattr(upstream.meter, "gpu_readings", None)
+            if readings is None:
+                continue
+            try:
+                found = list(readings())
+            except Exception as exc:  # a meter's failure must not break a scrape
+                log.warning("upstream %s: GPU readings unavailable: %s", upstream.name, exc)
+                continue
+            for reading in found:
+                yield upstream, reading
+
+    def _observe_gpu_energy(self, options: CallbackOptions) -> Iterable[Observation]:
+        for upstream, reading in self._gpu_readings():
+            energy_j = getattr(reading, "energy_j", None)
+            if energy_j is not None:
+                yield Observation(float(energy_j), _gpu_attributes(upstream, reading))
+
+    def _observe_gpu_power(self, options: CallbackOptions) -> Iterable[Observation]:
+        for upstream, reading in self._gpu_readings():
+            power_w = getattr(reading, "power_w", None)
+            if power_w is not None:
+                yield Observation(float(power_w), _gpu_attributes(upstream, reading))
+
+    # ---- export ----------------------------------------------------------------------------
+
+    def prometheus_text(self) -> tuple[bytes, str]:
+        """The metrics in Prometheus text format, and its content type. Blocking (it runs the
+        observable callbacks): call it off the event loop."""
+        if self._prometheus is None:
+            return b"", _PROMETHEUS_CONTENT_TYPE
+        from prometheus_client import generate_latest
+
+        registry, lock = self._prometheus
+        with lock:
+            return generate_latest(registry), _PROMETHEUS_CONTENT_TYPE
+
+    def force_flush(self, timeout_ms: int = 5_000) -> None:
+        """Export what is buffered now (tests, and before shutdown)."""
+        for flusher in self._flushers:
+            flusher.force_flush(timeout_ms)
+
+    def shutdown(self) -> None:
+        """Flush and stop every exporter. Idempotent."""
+        if self._shut:
+            return
+        self._shut = True
+        for provider in self._providers:
+            try:
+                provider.shutdown()
+            except Exception as exc:  # shutting down must go on with the others
+                log.warning("telemetry: shutting down %s failed: %s", type(provider).__name__, exc)
+
+
+_PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _gpu_attributes(upstream: Any, reading: Any) -> dict[str, str]:
+    return {"hw.type": "gpu", "hw.id": str(reading.gpu_id), n.UPSTREAM: upstream.name}

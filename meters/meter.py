@@ -1,0 +1,275 @@
+"""Per-upstream request meters: measured (a sampled energy source) or estimated.
+
+`build_meter` picks one from the upstream's `meter.kind`. A measured meter never fails a
+request: when its source fails at any point while a request is in flight, that request's figure
+comes from the estimator (`fallback`) and says `estimated`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Protocol
+
+import httpx
+
+from meters.attribution import DEFAULT_ALPHA, Attributor
+from meters.sampler import DEFAULT_TICK_S, Sampler
+from meters.sources.base import EnergySource, GpuReading
+from meters.types import Hardware, Measurement, MeterError, RequestMeter, RequestTrack
+
+logger = logging.getLogger(__name__)
+
+# model, prompt tokens, output tokens, latency (s) -> an estimated Measurement
+Fallback = Callable[[str, int, int, float], Measurement]
+# model, prompt tokens, output tokens, measured GPU energy (J): lets the estimator calibrate
+Observe = Callable[[str, int, int, float], None]
+
+# Non-GPU server power while serving: 1.2 kW per 8-GPU server (EcoLogits, from BoaviztAPI for
+# AWS p5.48xlarge), i.e. 150 W per GPU (methodology §4).
+SERVER_POWER_W_PER_GPU = 150.0
+
+
+class TelemetryMeter(RequestMeter, Protocol):
+    """A request meter that also reports what telemetry shows per upstream."""
+
+    @property
+    def idle_energy_j(self) -> float: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def gpu_readings(self) -> list[GpuReading]: ...
+
+
+class EstimatedMeter:
+    """Nothing measured: every request's figure comes from the estimator."""
+
+    def __init__(self, fallback: Fallback, *, hardware: Hardware | None = None) -> None:
+        self._fallback = fallback
+        self.hardware = hardware
+
+    def open(self, request_id: str, model: str) -> RequestTrack:
+        """Open a track whose close() asks the estimator."""
+        return _EstimatedTrack(model, self._fallback)
+
+    def start(self) -> None:
+        """Nothing to sample."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    @property
+    def idle_energy_j(self) -> float:
+        """No GPU is read, so no idle energy is known."""
+        return 0.0
+
+    @property
+    def healthy(self) -> bool:
+        """An estimate is always available."""
+        return True
+
+    def gpu_readings(self) -> list[GpuReading]:
+        """No GPU is read."""
+        return []
+
+
+class _EstimatedTrack:
+    def __init__(self, model: str, fallback: Fallback) -> None:
+        self._model = model
+        self._fallback = fallback
+
+    def first_token(self, prompt_tokens: int) -> None:
+        """Nothing to do: the estimate needs only the totals given to close()."""
+
+    def output_tokens(self, count: int) -> None:
+        """Nothing to do: the estimate needs only the totals given to close()."""
+
+    async def close(
+        self, *, prompt_tokens: int, output_tokens: int, cancelled: bool, latency_s: float
+    ) -> Measurement:
+        """Estimate from the request's totals."""
+        return self._fallback(self._model, prompt_tokens, output_tokens, latency_s)
+
+
+class MeasuredMeter:
+    """Attributes a sampled energy source's joules to the requests of one upstream."""
+
+    def __init__(
+        self,
+        source: EnergySource,
+        *,
+        fallback: Fallback,
+        observe: Observe | None = None,
+        hardware: Hardware | None = None,
+        gpu_count: int = 1,
+        tick_s: float = DEFAULT_TICK_S,
+        alpha: float = DEFAULT_ALPHA,
+        server_power_w_per_gpu: float = SERVER_POWER_W_PER_GPU,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.hardware = hardware
+        self._fallback = fallback
+        self._observe = observe
+        self._clock = clock
+        self._server_power_w = server_power_w_per_gpu * gpu_count
+        self._sampler = Sampler(source, Attributor(alpha), tick_s=tick_s, clock=clock)
+
+    def open(self, request_id: str, model: str) -> RequestTrack:
+        """Register a request in flight from now; returns its track."""
+        return _MeasuredTrack(self, request_id, model)
+
+    def start(self) -> None:
+        """Start the sampling thread (idempotent)."""
+        self._sampler.start()
+
+    async def aclose(self) -> None:
+        """Stop sampling and release the source (both off the event loop)."""
+        await asyncio.to_thread(self._sampler.stop)
+        await asyncio.to_thread(self.source.close)
+
+    @property
+    def healthy(self) -> bool:
+        """The source's last read succeeded."""
+        return self._sampler.healthy
+
+    @property
+    def last_error(self) -> str | None:
+        """The source's last failure, for logs and `/readyz`."""
+        return self._sampler.last_error
+
+    @property
+    def idle_energy_j(self) -> float:
+        """Cumulative GPU energy measured with no request in flight (J)."""
+        return self._sampler.idle_energy_j
+
+    @property
+    def measured_energy_j(self) -> float:
+        """Cumulative GPU energy over every closed tick (J): Σ requests + idle."""
+        return self._sampler.measured_energy_j
+
+    def gpu_readings(self) -> list[GpuReading]:
+        """Each GPU's last known cumulative energy and power draw."""
+        sample = self._sampler.last_sample
+        if sample is None:
+            return []
+        previous = self._sampler.previous_sample
+        readings = []
+        for gpu_id, energy_j in sample.energy_j.items():
+            power_w = sample.power_w.get(gpu_id)
+            if power_w is None and previous is not None and sample.time_s > previous.time_s:
+                power_w = (energy_j - previous.energy_j.get(gpu_id, energy_j)) / (
+                    sample.time_s - previous.time_s
+                )
+            readings.append(GpuReading(gpu_id, energy_j, power_w or 0.0))
+        return readings
+
+
+class _MeasuredTrack:
+    def __init__(self, meter: MeasuredMeter, request_id: str, model: str) -> None:
+        self._meter = meter
+        self._sampler = meter._sampler
+        self._request_id = request_id
+        self._model = model
+        self._failures_at_open = self._sampler.failures_total
+        self._start_s = meter._clock()
+        self._sampler.request_started(request_id, self._start_s)
+
+    def first_token(self, prompt_tokens: int) -> None:
+        """The prompt was prefilled; its tokens weigh α each in the current tick."""
+        self._sampler.first_token(self._request_id, prompt_tokens)
+
+    def output_tokens(self, count: int) -> None:
+        """More output tokens: they weigh 1 each in the current tick."""
+        self._sampler.output_tokens(self._request_id, count)
+
+    async def close(
+        self, *, prompt_tokens: int, output_tokens: int, cancelled: bool, latency_s: float
+    ) -> Measurement:
+        """Close the request's last tick now and return its share; the estimate if the
+        source failed while it was in flight. Never raises for a source failure."""
+        end_s = self._meter._clock()
+        self._sampler.request_ended(self._request_id, end_s)
+        failed: str | None = None
+        try:
+            await asyncio.to_thread(self._sampler.sample_now, not_before_s=end_s)
+        except MeterError as exc:
+            failed = str(exc)
+        finally:
+            totals = self._sampler.pop(self._request_id)
+        if failed is None and self._sampler.failures_total != self._failures_at_open:
+            failed = self._sampler.last_error or "energy source failed during the request"
+        if failed is None and (totals is None or not totals.settled):
+            failed = "no reading covered the request"
+        if failed is not None or totals is None:
+            logger.warning("request %s: %s; falling back to an estimate", self._request_id, failed)
+            return self._meter._fallback(self._model, prompt_tokens, output_tokens, latency_s)
+        measurement = Measurement(
+            gpu_energy_j=totals.energy_j,
+            server_energy_j=self._meter._server_power_w * totals.hardware_s,
+            hardware_s=totals.hardware_s,
+            method="measured",
+            basis=self._meter.source.name,
+            duration_s=totals.duration_s,
+        )
+        if self._meter._observe is not None and not cancelled:
+            try:
+                self._meter._observe(self._model, prompt_tokens, output_tokens, totals.energy_j)
+            except Exception:
+                # Calibration is a side line: a bug there must not lose the measured figure.
+                logger.exception("request %s: calibration observer failed", self._request_id)
+        return measurement
+
+
+def build_meter(
+    kind: str,
+    *,
+    hardware: Hardware,
+    gpus: Sequence[int] = (0,),
+    url: str = "",
+    tick_s: float = DEFAULT_TICK_S,
+    alpha: float = DEFAULT_ALPHA,
+    server_power_w_per_gpu: float = SERVER_POWER_W_PER_GPU,
+    fallback: Fallback,
+    observe: Observe | None = None,
+    nvml: ModuleType | None = None,
+    transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> TelemetryMeter:
+    """The meter for an upstream's `meter.kind`: "nvml", "prometheus" or "estimate".
+
+    Nothing blocking happens here: NVML initialises and the first scrape runs on the sampler's
+    thread after `start()`.
+    """
+    if kind == "estimate":
+        return EstimatedMeter(fallback, hardware=hardware)
+    source: EnergySource
+    if kind == "nvml":
+        from meters.sources.nvml import NvmlSource
+
+        source = NvmlSource(gpus, nvml=nvml, clock=clock)
+    elif kind == "prometheus":
+        from meters.sources.prometheus import PrometheusSource
+
+        if not url:
+            raise ValueError("a prometheus meter needs the exporter's url")
+        source = PrometheusSource(
+            url, gpus=[str(g) for g in gpus], transport=transport, clock=clock
+        )
+    else:
+        raise ValueError(f"unknown meter kind {kind!r} (nvml, prometheus or estimate)")
+    return MeasuredMeter(
+        source,
+        fallback=fallback,
+        observe=observe,
+        hardware=hardware,
+        gpu_count=len(gpus),
+        tick_s=tick_s,
+        alpha=alpha,
+        server_power_w_per_gpu=server_power_w_per_gpu,
+        clock=clock,
+    )

@@ -1,0 +1,331 @@
+"""A fake `pynvml` whose GPU energy counters follow a simulated workload.
+
+This machine has no GPU. The fake stands at the import boundary: `FakeNvml(...).module` has the
+names `meters.sources.nvml` calls on nvidia-ml-py (`nvmlInit`, `nvmlShutdown`,
+`nvmlDeviceGetCount`, `nvmlDeviceGetHandleByIndex`, `nvmlDeviceGetName`,
+`nvmlDeviceGetTotalEnergyConsumption` in integer mJ, `nvmlDeviceGetPowerUsage` in mW) and the
+same `NVMLError` class family (`NVMLError_NotSupported`, `NVMLError_GpuIsLost`, …), so it is
+injected as `nvml=fake.module` wherever the real module would be.
+
+Power model (every GPU of the fake runs the same workload, as tensor-parallel shards do):
+
+    power = idle_w + w_per_request × (requests in flight)
+    plus impulses: j_per_token per output token, j_per_prompt_token per prompt token
+
+Ground truth per request, the simulation's own answer to "what did this request cost":
+its dynamic energy (its w_per_request × its time in flight, plus its token impulses) and a share
+of the idle power drawn while it was in flight, split among the requests in flight in proportion
+to their dynamic energy over each step between events. Idle power with nothing in flight goes to
+the idle account. So `sum(true_energy_j) + true_idle_energy_j() == total_energy_j()`.
+
+The workload is driven by the test (or by a fake upstream):
+
+    fake = FakeNvml(idle_w=60, w_per_request=0, j_per_token=0.5, j_per_prompt_token=0.05)
+    fake.request_started("a")
+    fake.token("a", prompt=120)     # the prompt was prefilled
+    fake.token("a", 4)              # four output tokens
+    fake.request_ended("a")
+    fake.true_energy_j("a"), fake.total_energy_j()
+
+Time comes from `clock` (default `time.monotonic`, the meter's default); tests that want full
+control pass a `ManualClock`. Faults: `reset_counter(gpu)`, `lose_gpu(gpu)` / `restore_gpu(gpu)`,
+`raise_on(function_name, error_class)` / `stop_raising()`, and `energy_counter=False` for a
+pre-Volta GPU (the counter call raises NotSupported; only power is readable). `reads` records
+every counter read the fake answered, as (time_s, gpu index, energy_mj).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+MJ_PER_J = 1000.0
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.now_s = start_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+class NVMLError(Exception):
+    """Base of the fake's NVML errors, shaped like nvidia-ml-py's (a `value` code)."""
+
+    value = 999
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} (code {self.value})"
+
+
+def _error_class(name: str, value: int) -> type[NVMLError]:
+    return type(name, (NVMLError,), {"value": value})
+
+
+# The codes are nvidia-ml-py's NVML_ERROR_* values.
+ERROR_CLASSES: dict[str, type[NVMLError]] = {
+    name: _error_class(name, value)
+    for name, value in [
+        ("NVMLError_Uninitialized", 1),
+        ("NVMLError_InvalidArgument", 2),
+        ("NVMLError_NotSupported", 3),
+        ("NVMLError_NoPermission", 4),
+        ("NVMLError_NotFound", 6),
+        ("NVMLError_DriverNotLoaded", 9),
+        ("NVMLError_Timeout", 10),
+        ("NVMLError_LibraryNotFound", 12),
+        ("NVMLError_GpuIsLost", 15),
+        ("NVMLError_ResetRequired", 16),
+        ("NVMLError_Unknown", 999),
+    ]
+}
+
+
+@dataclass
+class _Request:
+    dynamic_j: float = 0.0
+    idle_share_j: float = 0.0
+    step_dynamic_j: float = 0.0  # dynamic energy since the last step boundary
+    active: bool = True
+
+
+@dataclass
+class _Gpu:
+    counter_offset_j: float = 0.0  # subtracted from the true total after a reset
+    lost: bool = False
+    power_window_start_s: float | None = None
+    power_window_energy_j: float = 0.0
+    last_power_w: float = 0.0
+
+
+@dataclass
+class _Handle:
+    index: int
+
+
+@dataclass
+class FakeNvml:
+    """Simulated GPUs behind a fake `pynvml` module (see the module docstring)."""
+
+    idle_w: float = 60.0
+    w_per_request: float = 0.0
+    j_per_token: float = 0.5
+    j_per_prompt_token: float = 0.0
+    gpus: int = 1
+    name: str = "NVIDIA H100 80GB HBM3"
+    energy_counter: bool = True
+    clock: Callable[[], float] = time.monotonic
+    reads: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now_s = self.clock()
+        self._total_j = 0.0  # per GPU (all GPUs run the same workload)
+        self._idle_j = 0.0
+        self._requests: dict[str, _Request] = {}
+        self._gpus = [_Gpu() for _ in range(self.gpus)]
+        self._raising: dict[str, type[NVMLError]] = {}
+        self._initialised = 0
+        self.module = self._build_module()
+
+    # -- workload -------------------------------------------------------------------------
+
+    def request_started(self, request_id: str) -> None:
+        """A request began occupying the GPUs."""
+        with self._lock:
+            self._advance()
+            self._requests[request_id] = _Request()
+
+    def token(self, request_id: str, count: int = 1, *, prompt: int = 0) -> None:
+        """The GPUs produced `count` output tokens (and prefilled `prompt` prompt tokens)."""
+        with self._lock:
+            request = self._requests[request_id]
+            if not request.active:
+                raise ValueError(f"request {request_id} already ended")
+            # The token's work happened in the step that ends now, so it counts in that step.
+            energy_j = count * self.j_per_token + prompt * self.j_per_prompt_token
+            request.dynamic_j += energy_j
+            request.step_dynamic_j += energy_j
+            self._add_energy(energy_j)
+            self._advance()
+
+    def request_ended(self, request_id: str) -> None:
+        """The request left the GPUs."""
+        with self._lock:
+            self._advance()
+            self._requests[request_id].active = False
+
+    # -- ground truth ---------------------------------------------------------------------
+
+    def true_energy_j(self, request_id: str) -> float:
+        """The simulation's own per-request energy, summed over all GPUs."""
+        with self._lock:
+            self._advance()
+            request = self._requests[request_id]
+            return (request.dynamic_j + request.idle_share_j) * self.gpus
+
+    def true_idle_energy_j(self) -> float:
+        """Energy drawn with no request in flight, summed over all GPUs."""
+        with self._lock:
+            self._advance()
+            return self._idle_j * self.gpus
+
+    def total_energy_j(self) -> float:
+        """Everything the GPUs drew since the fake was made, summed over all GPUs."""
+        with self._lock:
+            self._advance()
+            return self._total_j * self.gpus
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def reset_counter(self, gpu: int = 0) -> None:
+        """The driver reloads: the GPU's energy counter restarts from zero."""
+        with self._lock:
+            self._advance()
+            self._gpus[gpu].counter_offset_j = self._total_j
+
+    def lose_gpu(self, gpu: int = 0) -> None:
+        """The GPU falls off the bus: every call on it raises NVMLError_GpuIsLost."""
+        with self._lock:
+            self._gpus[gpu].lost = True
+
+    def restore_gpu(self, gpu: int = 0) -> None:
+        """The GPU answers again (its counter kept counting)."""
+        with self._lock:
+            self._gpus[gpu].lost = False
+
+    def raise_on(self, function_name: str, error: str = "NVMLError_Unknown") -> None:
+        """Make one module function raise the named NVML error until `stop_raising`."""
+        with self._lock:
+            self._raising[function_name] = ERROR_CLASSES[error]
+
+    def stop_raising(self) -> None:
+        """Undo every `raise_on`."""
+        with self._lock:
+            self._raising.clear()
+
+    # -- simulation -----------------------------------------------------------------------
+
+    def _add_energy(self, energy_j: float) -> None:
+        self._total_j += energy_j
+        for gpu in self._gpus:
+            gpu.power_window_energy_j += energy_j
+
+    def _advance(self) -> None:
+        """Integrate power up to now and close the truth step (call with the lock held)."""
+        now_s = self.clock()
+        dt_s = max(0.0, now_s - self._now_s)
+        self._now_s = now_s
+        active = [r for r in self._requests.values() if r.active]
+        for request in active:
+            share_j = self.w_per_request * dt_s
+            request.dynamic_j += share_j
+            request.step_dynamic_j += share_j
+        idle_j = self.idle_w * dt_s
+        self._add_energy(idle_j + self.w_per_request * dt_s * len(active))
+        step_total_j = sum(r.step_dynamic_j for r in active)
+        if not active:
+            self._idle_j += idle_j
+        elif step_total_j > 0:
+            for request in active:
+                request.idle_share_j += idle_j * request.step_dynamic_j / step_total_j
+        else:
+            for request in active:
+                request.idle_share_j += idle_j / len(active)
+        for request in self._requests.values():
+            request.step_dynamic_j = 0.0
+
+    # -- the fake module ------------------------------------------------------------------
+
+    def _check(self, function_name: str, handle: _Handle | None = None) -> None:
+        if function_name in self._raising:
+            raise self._raising[function_name]()
+        if self._initialised <= 0 and function_name != "nvmlInit":
+            raise ERROR_CLASSES["NVMLError_Uninitialized"]()
+        if handle is not None and self._gpus[handle.index].lost:
+            raise ERROR_CLASSES["NVMLError_GpuIsLost"]()
+
+    def _build_module(self) -> types.ModuleType:
+        module = types.ModuleType("fake_pynvml", "A simulated nvidia-ml-py (tests only).")
+        module.NVMLError = NVMLError  # type: ignore[attr-defined]
+        for class_name, error_class in ERROR_CLASSES.items():
+            setattr(module, class_name, error_class)
+
+        def nvmlInit() -> None:
+            with self._lock:
+                self._check("nvmlInit")
+                self._initialised += 1
+
+        def nvmlShutdown() -> None:
+            with self._lock:
+                self._check("nvmlShutdown")
+                self._initialised -= 1
+
+        def nvmlDeviceGetCount() -> int:
+            with self._lock:
+                self._check("nvmlDeviceGetCount")
+                return len(self._gpus)
+
+        def nvmlDeviceGetHandleByIndex(index: int) -> _Handle:
+            with self._lock:
+                self._check("nvmlDeviceGetHandleByIndex")
+                if not 0 <= index < len(self._gpus):
+                    raise ERROR_CLASSES["NVMLError_InvalidArgument"]()
+                handle = _Handle(index)
+                self._check("nvmlDeviceGetHandleByIndex", handle)
+                return handle
+
+        def nvmlDeviceGetName(handle: _Handle) -> str:
+            with self._lock:
+                self._check("nvmlDeviceGetName", handle)
+                return self.name
+
+        def nvmlDeviceGetTotalEnergyConsumption(handle: _Handle) -> int:
+            with self._lock:
+                self._check("nvmlDeviceGetTotalEnergyConsumption", handle)
+                if not self.energy_counter:
+                    raise ERROR_CLASSES["NVMLError_NotSupported"]()
+                self._advance()
+                gpu = self._gpus[handle.index]
+                energy_mj = int((self._total_j - gpu.counter_offset_j) * MJ_PER_J)
+                self.reads.append((self._now_s, handle.index, energy_mj))
+                return energy_mj
+
+        def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
+            # Like the sensor: the mean power over the window since the previous reading.
+            with self._lock:
+                self._check("nvmlDeviceGetPowerUsage", handle)
+                self._advance()
+                gpu = self._gpus[handle.index]
+                start_s = gpu.power_window_start_s
+                if start_s is not None and self._now_s > start_s:
+                    gpu.last_power_w = gpu.power_window_energy_j / (self._now_s - start_s)
+                elif start_s is None:
+                    active = sum(1 for r in self._requests.values() if r.active)
+                    gpu.last_power_w = self.idle_w + self.w_per_request * active
+                gpu.power_window_start_s = self._now_s
+                gpu.power_window_energy_j = 0.0
+                return round(gpu.last_power_w * 1000.0)
+
+        functions: dict[str, Any] = {
+            "nvmlInit": nvmlInit,
+            "nvmlShutdown": nvmlShutdown,
+            "nvmlDeviceGetCount": nvmlDeviceGetCount,
+            "nvmlDeviceGetHandleByIndex": nvmlDeviceGetHandleByIndex,
+            "nvmlDeviceGetName": nvmlDeviceGetName,
+            "nvmlDeviceGetTotalEnergyConsumption": nvmlDeviceGetTotalEnergyConsumption,
+            "nvmlDeviceGetPowerUsage": nvmlDeviceGetPowerUsage,
+        }
+        for function_name, function in functions.items():
+            setattr(module, function_name, function)
+        return module

@@ -125,7 +125,10 @@ class EnergyAgent:
         self.read_once()
         poller = threading.Thread(target=self._poll, name="footprint-agent-poll", daemon=True)
         server = threading.Thread(
-            target=self._server.serve_forever, name="footprint-agent-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how soon stop() is noticed
+            name="footprint-agent-http",
+            daemon=True,
         )
         self._threads = [poller, server]
         for thread in self._threads:

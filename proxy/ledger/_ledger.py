@@ -33,12 +33,14 @@ _TRACE_SUMS = (
 )
 
 
-class Ledger:
-    """Request records and reports over them. Build with `open_ledger`."""
+class Ledger(Store):
+    """Request records and reports over them, plus (inherited from `Store`) the teams, keys
+    and budget limits kept in the same database. Build with `open_ledger`."""
 
-    def __init__(self, engine: AsyncEngine, settings: LedgerSettings, store: Store) -> None:
-        self._engine = engine
-        self.store = store
+    def __init__(
+        self, engine: AsyncEngine, settings: LedgerSettings, revocation_file: Path | None
+    ) -> None:
+        super().__init__(engine, revocation_file)
         self._writer = GroupCommitWriter(
             engine,
             self._insert_batch,
@@ -48,6 +50,11 @@ class Ledger:
         dialect = engine.dialect.name
         self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(requests)
         self._insert = self._insert.on_conflict_do_nothing(index_elements=["request_id"])
+
+    @property
+    def store(self) -> Store:
+        """Teams, keys and budgets (this object: kept for callers that want the narrow type)."""
+        return self
 
     @property
     def backend(self) -> str:
@@ -258,6 +265,6 @@ async def open_ledger(settings: LedgerSettings) -> Ledger:
     except BaseException:
         await engine.dispose()
         raise
-    ledger = Ledger(engine, settings, Store(engine, _revocation_file(engine)))
+    ledger = Ledger(engine, settings, _revocation_file(engine))
     ledger._start()
     return ledger

@@ -6,6 +6,7 @@ Names are checked by the callers (routes, CLI); here every value travels as a bo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from datetime import UTC, datetime
@@ -132,7 +133,7 @@ class Store:
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
-        self._bump_revocation_epoch()
+        await asyncio.to_thread(self._bump_revocation_epoch)
         return True
 
     async def list_keys(self, team: str | None) -> list[dict[str, Any]]:

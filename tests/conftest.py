@@ -78,3 +78,52 @@ async def redis_prefix() -> AsyncIterator[str]:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+ADMIN_KEY = "admin-" + "k" * 40
+
+
+@pytest.fixture
+async def services_app(sqlite_url: str) -> AsyncIterator[object]:
+    """A FastAPI app with the admin and footprint routers over a real SQLite ledger, the
+    in-process budgets and key authentication; `app.state` as `proxy.app` sets it up."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+
+    from proxy.auth import Authenticator
+    from proxy.budgets import open_budgets
+    from proxy.config import parse_settings
+    from proxy.errors import InvalidRequest, ProxyError
+    from proxy.ledger import open_ledger
+    from proxy.routes.admin import admin_router
+    from proxy.routes.footprint import footprint_router
+
+    settings = parse_settings({"ledger": {"url": sqlite_url}})
+    ledger = await open_ledger(settings.ledger)
+    app = FastAPI()
+    app.include_router(admin_router)
+    app.include_router(footprint_router)
+    app.add_exception_handler(ProxyError, lambda _r, e: e.to_response())  # type: ignore[arg-type, return-value]
+    app.add_exception_handler(
+        RequestValidationError,
+        lambda _r, e: InvalidRequest(str(e)).to_response(),  # type: ignore[arg-type, return-value]
+    )
+    app.state.settings = settings
+    app.state.ledger = ledger
+    app.state.auth = Authenticator(ledger, "keys", ADMIN_KEY)
+    app.state.budgets = await open_budgets(settings.budgets, ledger)
+    try:
+        yield app
+    finally:
+        await app.state.budgets.aclose()
+        await ledger.aclose()
+
+
+@pytest.fixture
+async def client(services_app: object) -> AsyncIterator[object]:
+    """An httpx client on `services_app`, carrying no key (pass headers per call)."""
+    import httpx
+
+    transport = httpx.ASGITransport(app=services_app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
+        yield c

@@ -24,3 +24,32 @@ __all__ = [
     "RequestTrack",
     "SiteFactors",
 ]
+
+# Estimation, calibration, footprint arithmetic and grid intensity (methodology §3-6).
+from meters.calibration import Calibration, Calibrations
+from meters.estimate import Estimator, ModelCatalog, ModelSpec, UnknownModel
+from meters.footprint import compute_footprint, footprint_json, format_decimal
+from meters.intensity import (
+    ElectricityMapsProvider,
+    GridIntensity,
+    IntensityTable,
+    TableIntensity,
+    UnknownZone,
+)
+
+__all__ += [
+    "Calibration",
+    "Calibrations",
+    "ElectricityMapsProvider",
+    "Estimator",
+    "GridIntensity",
+    "IntensityTable",
+    "ModelCatalog",
+    "ModelSpec",
+    "TableIntensity",
+    "UnknownModel",
+    "UnknownZone",
+    "compute_footprint",
+    "footprint_json",
+    "format_decimal",
+]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from importlib import metadata
 from typing import Any
 
@@ -81,6 +82,23 @@ def _metric_readers(plan: TelemetryPlan) -> list[MetricReader]:
     return readers
 
 
+def _shutdown_processor(
+    processor: BatchSpanProcessor, exporter: SpanExporter, timeout_ms: float
+) -> None:
+    """Flush the processor's queue for at most half of `timeout_ms` (the metrics get the rest).
+
+    The SDK's batch processor waits on its exporter without a limit, and an OTLP exporter
+    retries a dead collector, or waits on a silent one, for up to its own timeout (10 s). So the
+    flush runs on a daemon thread; past the deadline the exporter is stopped, which ends any
+    retry back-off, and an export still in flight is left to its timeout on that thread.
+    """
+    flushing = threading.Thread(target=processor.shutdown, name="footprint-span-flush", daemon=True)
+    flushing.start()
+    flushing.join(timeout_ms / 2000.0)
+    if flushing.is_alive():
+        exporter.shutdown()
+
+
 def build_telemetry(
     settings: TelemetrySettings,
     upstreams: Sequence[Any] = (),
@@ -102,17 +120,18 @@ def build_telemetry(
         return Telemetry()
     resource = _resource(plan)
 
-    providers: list[Any] = []
+    closers: list[Callable[[float], object]] = []
     flushers: list[Any] = []
     tracer = None
-    exporter = span_exporter or _span_exporter(plan)
-    if exporter is not None:
+    exporters = [e for e in (span_exporter, _span_exporter(plan)) if e is not None]
+    if exporters:
         tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        if span_exporter is not None and (configured := _span_exporter(plan)) is not None:
-            tracer_provider.add_span_processor(BatchSpanProcessor(configured))
+        for exporter in exporters:
+            processor = BatchSpanProcessor(exporter)
+            tracer_provider.add_span_processor(processor)
+            closers.append(partial(_shutdown_processor, processor, exporter))
+        closers.append(lambda _ms: tracer_provider.shutdown())
         tracer = tracer_provider.get_tracer("footprint", _service_version())
-        providers.append(tracer_provider)
         flushers.append(tracer_provider)
 
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -130,15 +149,15 @@ def build_telemetry(
     meter_provider = MeterProvider(
         metric_readers=readers, resource=resource, shutdown_on_exit=False
     )
-    providers.append(meter_provider)
+    closers.append(lambda ms: meter_provider.shutdown(timeout_millis=ms))
 
     telemetry = Telemetry(
         tracer=tracer,
         meter=meter_provider.get_meter("footprint", _service_version()),
         semconv_latest_only=plan.semconv_latest_only,
         prometheus=(registry, threading.Lock()),
-        providers=providers,
         flushers=flushers,
+        closers=closers,
     )
     telemetry.watch_upstreams(upstreams)
     return telemetry

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -57,8 +57,8 @@ class Telemetry:
         meter: Meter | None = None,
         semconv_latest_only: bool = False,
         prometheus: Any = None,
-        providers: Sequence[Any] = (),
         flushers: Sequence[Any] = (),
+        closers: Sequence[Callable[[float], object]] = (),
     ) -> None:
         self._tracer = tracer
         self._legacy_system = not semconv_latest_only
@@ -67,7 +67,8 @@ class Telemetry:
         )
         self._traceparent = TraceContextTextMapPropagator()
         self._prometheus = prometheus  # (CollectorRegistry, lock) or None
-        self._providers = list(providers)  # SDK providers to shut down
+        # Shut down in order with the time left (ms): span processors, tracer, meter provider.
+        self._closers = list(closers)
         # What `force_flush` pushes out: the tracer provider and the periodic metric readers.
         # Not the Prometheus reader: it keeps what it collects until the next scrape.
         self._flushers = list(flushers)
@@ -410,16 +411,19 @@ class Telemetry:
         for flusher in self._flushers:
             flusher.force_flush(timeout_ms)
 
-    def shutdown(self) -> None:
-        """Flush and stop every exporter. Idempotent."""
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Flush and stop every exporter, within `timeout_s` in all: a collector that is down
+        costs at most that at exit, and the spans it did not take are dropped. Idempotent."""
         if self._shut:
             return
         self._shut = True
-        for provider in self._providers:
+        deadline = time.monotonic() + timeout_s
+        for close in self._closers:
+            remaining_ms = max(0.0, (deadline - time.monotonic()) * 1000.0)
             try:
-                provider.shutdown()
+                close(remaining_ms)
             except Exception as exc:  # shutting down must go on with the others
-                log.warning("telemetry: shutting down %s failed: %s", type(provider).__name__, exc)
+                log.warning("telemetry: shutting down failed: %s", exc)
 
 
 _PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

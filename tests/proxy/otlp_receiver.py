@@ -73,10 +73,19 @@ class OtlpReceiver:
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
+        self._released = threading.Event()
+        self._released.set()
+        self.stalled_requests = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                if not receiver._released.is_set():
+                    with receiver._changed:
+                        receiver.stalled_requests += 1
+                        receiver._changed.notify_all()
+                    receiver._released.wait()  # a collector that accepts and never answers
+                    return
                 raw = self.rfile.read(int(self.headers.get("content-length", "0")))
                 encoding = self.headers.get("content-encoding", "")
                 if encoding == "gzip":
@@ -184,8 +193,13 @@ class OtlpReceiver:
         self._thread.start()
         return self
 
+    def stall(self) -> None:
+        """From now on, accept exports and never answer them (until `stop`)."""
+        self._released.clear()
+
     def stop(self) -> None:
         """Stop listening: exporters from now on find nothing at this address."""
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
 

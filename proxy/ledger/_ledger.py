@@ -112,8 +112,8 @@ class Ledger(Store):
         if team is not None:
             query = query.where(requests.c.team == team)
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        return None if row is None else row_to_json(dict(row))
+            row = (await conn.execute(query)).first()
+        return None if row is None else row_to_json(row._asdict())
 
     async def usage(
         self,
@@ -159,7 +159,7 @@ class Ledger(Store):
         if end is not None:
             query = query.where(requests.c.created_at < as_utc(end))
         async with self._engine.connect() as conn:
-            fine = [dict(r) for r in (await conn.execute(query)).mappings().all()]
+            fine = [r._asdict() for r in (await conn.execute(query)).all()]
             intervals = await self._idle_intervals(conn, start, end)
         for row in fine:
             row["prompt_tokens"] = int(row["prompt_tokens"])

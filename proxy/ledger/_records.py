@@ -67,7 +67,8 @@ def iso(moment: datetime) -> str:
 
 def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
     """A stored request row as the footprint API returns it."""
-    out = {k: v for k, v in row.items() if k != "day"}
+    # str(): SQLAlchemy hands column names back as a str subclass JSON encoders refuse.
+    out = {str(k): v for k, v in row.items() if k != "day"}
     out["created_at"] = iso(row["created_at"])
     for flag in ("stream", "cancelled", "tokens_counted"):
         out[flag] = bool(row[flag])

@@ -8,8 +8,9 @@ Per tick k with energy ΔE_k and requests A_k in flight:
 
 - weight w_ik = α · (prompt tokens prefilled in the tick) + (output tokens produced in the tick);
 - a request with no visible progress in the tick (waiting for its first token, or behind a
-  non-streaming upstream) weighs its overlap with the tick × the visible requests' weight rate
-  (their weight over their time in the tick), or its plain overlap when none is visible;
+  non-streaming upstream) weighs its overlap with the tick × the visible requests' rate (their
+  output tokens over their time in the tick, see `tick_weights`), or its plain overlap when
+  none is visible;
 - share_ik = ΔE_k · w_ik / Σ_j w_jk; with no weight at all, ΔE_k goes to the idle account.
 
 So Σ shares + idle = ΔE at every tick, up to float rounding.
@@ -53,24 +54,31 @@ class TickSplit:
 
 
 def tick_weights(requests: Iterable[TickActivity], alpha: float) -> dict[str, float]:
-    """Each request's weight in a tick, with the time-share rule for invisible progress."""
+    """Each request's weight in a tick, with the time-share rule for invisible progress.
+
+    The rate an invisible request is credited with is the visible requests' output tokens per
+    second in flight (pooled): their decode rate. Prompt weight is left out of that rate because
+    a prefill is a one-off that the prefilling request is charged for; counting it would bill
+    every waiting request for its neighbours' prompts. Only when the visible requests produced
+    no output token in the tick does their prompt weight set the rate.
+    """
     activity = list(requests)
     weights: dict[str, float] = {}
-    visible_weight = 0.0
-    visible_overlap_s = 0.0
+    visible_weight = visible_output = visible_overlap_s = 0.0
     for request in activity:
         if request.visible:
             weight = alpha * request.prompt_tokens + request.output_tokens
             weights[request.request_id] = weights.get(request.request_id, 0.0) + weight
             visible_weight += weight
+            visible_output += request.output_tokens
             visible_overlap_s += request.overlap_s
+    rate_weight = visible_output if visible_output > 0.0 else visible_weight
     for request in activity:
         if request.visible:
             continue
-        if visible_weight > 0.0 and visible_overlap_s > 0.0:
-            # The visible requests' pooled rate: their weight per second in flight.
-            weight = request.overlap_s * visible_weight / visible_overlap_s
-        elif visible_weight > 0.0:
+        if rate_weight > 0.0 and visible_overlap_s > 0.0:
+            weight = request.overlap_s * rate_weight / visible_overlap_s
+        elif rate_weight > 0.0:
             weight = 0.0  # visible work with no time in flight: nothing to compare against
         else:
             weight = request.overlap_s  # nobody visible: plain time share

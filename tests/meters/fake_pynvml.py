@@ -12,11 +12,13 @@ Power model (every GPU of the fake runs the same workload, as tensor-parallel sh
     power = idle_w + w_per_request × (requests in flight)
     plus impulses: j_per_token per output token, j_per_prompt_token per prompt token
 
-Ground truth per request, the simulation's own answer to "what did this request cost":
-its dynamic energy (its w_per_request × its time in flight, plus its token impulses) and a share
-of the idle power drawn while it was in flight, split among the requests in flight in proportion
-to their dynamic energy over each step between events. Idle power with nothing in flight goes to
-the idle account. So `sum(true_energy_j) + true_idle_energy_j() == total_energy_j()`.
+Ground truth per request, the simulation's own answer to "what did this request cost": its
+dynamic energy (w_per_request × its time in flight, plus its token impulses) and a share of the
+idle power drawn while it was in flight. A token's work is taken to have happened evenly since
+the request's previous token (the prompt's, since the request started), so each request has a
+dynamic power at every instant; the idle power is split among the requests in flight in
+proportion to it (equally when none has any). Idle power with nothing in flight goes to the idle
+account. So `sum(true_energy_j) + true_idle_energy_j() == total_energy_j()`.
 
 The workload is driven by the test (or by a fake upstream):
 
@@ -25,7 +27,7 @@ The workload is driven by the test (or by a fake upstream):
     fake.token("a", prompt=120)     # the prompt was prefilled
     fake.token("a", 4)              # four output tokens
     fake.request_ended("a")
-    fake.true_energy_j("a"), fake.total_energy_j()
+    fake.true_energy_j("a"), fake.total_energy_j(), fake.truth()
 
 Time comes from `clock` (default `time.monotonic`, the meter's default); tests that want full
 control pass a `ManualClock`. Faults: `reset_counter(gpu)`, `lose_gpu(gpu)` / `restore_gpu(gpu)`,
@@ -36,6 +38,7 @@ every counter read the fake answered, as (time_s, gpu index, energy_mj).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import types
@@ -91,12 +94,34 @@ ERROR_CLASSES: dict[str, type[NVMLError]] = {
 }
 
 
+@dataclass(frozen=True)
+class Truth:
+    """The simulation's split of its energy, summed over GPUs (see the module docstring)."""
+
+    requests_j: dict[str, float]
+    idle_j: float
+    total_j: float
+
+
 @dataclass
 class _Request:
-    dynamic_j: float = 0.0
-    idle_share_j: float = 0.0
-    step_dynamic_j: float = 0.0  # dynamic energy since the last step boundary
-    active: bool = True
+    start_s: float
+    end_s: float | None = None
+    impulses: list[tuple[float, float]] = field(default_factory=list)  # (time_s, J)
+
+    def dynamic_j(self, w_per_request: float, now_s: float) -> float:
+        end_s = now_s if self.end_s is None else self.end_s
+        return w_per_request * (end_s - self.start_s) + sum(j for _, j in self.impulses)
+
+    def spread_power_w(self, at_s: float) -> float:
+        """Token power at `at_s`: each impulse spread since the previous one (or the start)."""
+        previous_s = self.start_s
+        for time_s, energy_j in self.impulses:
+            if time_s > previous_s:
+                if previous_s <= at_s < time_s:
+                    return energy_j / (time_s - previous_s)
+                previous_s = time_s
+        return 0.0
 
 
 @dataclass
@@ -129,9 +154,8 @@ class FakeNvml:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._now_s = self.clock()
+        self._now_s = self._created_s = self.clock()
         self._total_j = 0.0  # per GPU (all GPUs run the same workload)
-        self._idle_j = 0.0
         self._requests: dict[str, _Request] = {}
         self._gpus = [_Gpu() for _ in range(self.gpus)]
         self._raising: dict[str, type[NVMLError]] = {}
@@ -144,26 +168,26 @@ class FakeNvml:
         """A request began occupying the GPUs."""
         with self._lock:
             self._advance()
-            self._requests[request_id] = _Request()
+            if request_id in self._requests:
+                raise ValueError(f"request {request_id} already started")
+            self._requests[request_id] = _Request(start_s=self._now_s)
 
     def token(self, request_id: str, count: int = 1, *, prompt: int = 0) -> None:
         """The GPUs produced `count` output tokens (and prefilled `prompt` prompt tokens)."""
         with self._lock:
-            request = self._requests[request_id]
-            if not request.active:
-                raise ValueError(f"request {request_id} already ended")
-            # The token's work happened in the step that ends now, so it counts in that step.
-            energy_j = count * self.j_per_token + prompt * self.j_per_prompt_token
-            request.dynamic_j += energy_j
-            request.step_dynamic_j += energy_j
-            self._add_energy(energy_j)
             self._advance()
+            request = self._requests[request_id]
+            if request.end_s is not None:
+                raise ValueError(f"request {request_id} already ended")
+            energy_j = count * self.j_per_token + prompt * self.j_per_prompt_token
+            request.impulses.append((self._now_s, energy_j))
+            self._add_energy(energy_j)
 
     def request_ended(self, request_id: str) -> None:
         """The request left the GPUs."""
         with self._lock:
             self._advance()
-            self._requests[request_id].active = False
+            self._requests[request_id].end_s = self._now_s
 
     # -- ground truth ---------------------------------------------------------------------
 
@@ -171,20 +195,59 @@ class FakeNvml:
         """The simulation's own per-request energy, summed over all GPUs."""
         with self._lock:
             self._advance()
+            shares, _ = self._idle_split()
             request = self._requests[request_id]
-            return (request.dynamic_j + request.idle_share_j) * self.gpus
+            own_j = request.dynamic_j(self.w_per_request, self._now_s)
+            return (own_j + shares.get(request_id, 0.0)) * self.gpus
 
     def true_idle_energy_j(self) -> float:
         """Energy drawn with no request in flight, summed over all GPUs."""
         with self._lock:
             self._advance()
-            return self._idle_j * self.gpus
+            return self._idle_split()[1] * self.gpus
 
     def total_energy_j(self) -> float:
         """Everything the GPUs drew since the fake was made, summed over all GPUs."""
         with self._lock:
             self._advance()
             return self._total_j * self.gpus
+
+    def truth(self) -> Truth:
+        """Every request's true energy, the idle account and the total, at one instant."""
+        with self._lock:
+            self._advance()
+            shares, idle_j = self._idle_split()
+            requests_j = {
+                rid: (r.dynamic_j(self.w_per_request, self._now_s) + shares[rid]) * self.gpus
+                for rid, r in self._requests.items()
+            }
+            return Truth(requests_j, idle_j * self.gpus, self._total_j * self.gpus)
+
+    def _idle_split(self) -> tuple[dict[str, float], float]:
+        """Idle power over the whole history: shares per request, and the idle account."""
+        points = {self._created_s, self._now_s}
+        for request in self._requests.values():
+            points.add(request.start_s)
+            points.update(t for t, _ in request.impulses)
+            if request.end_s is not None:
+                points.add(request.end_s)
+        timeline = sorted(points)
+        shares: dict[str, float] = dict.fromkeys(self._requests, 0.0)
+        idle_j = 0.0
+        for start_s, end_s in itertools.pairwise(timeline):
+            idle_step_j = self.idle_w * (end_s - start_s)
+            active = {
+                rid: self.w_per_request + r.spread_power_w(start_s)
+                for rid, r in self._requests.items()
+                if r.start_s <= start_s and (r.end_s is None or r.end_s >= end_s)
+            }
+            total_w = sum(active.values())
+            if not active:
+                idle_j += idle_step_j
+            for rid, power_w in active.items():
+                fraction = power_w / total_w if total_w > 0 else 1.0 / len(active)
+                shares[rid] += idle_step_j * fraction
+        return shares, idle_j
 
     # -- faults ---------------------------------------------------------------------------
 
@@ -221,29 +284,15 @@ class FakeNvml:
         for gpu in self._gpus:
             gpu.power_window_energy_j += energy_j
 
+    def _active(self) -> int:
+        return sum(1 for r in self._requests.values() if r.end_s is None)
+
     def _advance(self) -> None:
-        """Integrate power up to now and close the truth step (call with the lock held)."""
+        """Integrate power up to now (call with the lock held)."""
         now_s = self.clock()
         dt_s = max(0.0, now_s - self._now_s)
         self._now_s = now_s
-        active = [r for r in self._requests.values() if r.active]
-        for request in active:
-            share_j = self.w_per_request * dt_s
-            request.dynamic_j += share_j
-            request.step_dynamic_j += share_j
-        idle_j = self.idle_w * dt_s
-        self._add_energy(idle_j + self.w_per_request * dt_s * len(active))
-        step_total_j = sum(r.step_dynamic_j for r in active)
-        if not active:
-            self._idle_j += idle_j
-        elif step_total_j > 0:
-            for request in active:
-                request.idle_share_j += idle_j * request.step_dynamic_j / step_total_j
-        else:
-            for request in active:
-                request.idle_share_j += idle_j / len(active)
-        for request in self._requests.values():
-            request.step_dynamic_j = 0.0
+        self._add_energy((self.idle_w + self.w_per_request * self._active()) * dt_s)
 
     # -- the fake module ------------------------------------------------------------------
 
@@ -311,8 +360,7 @@ class FakeNvml:
                 if start_s is not None and self._now_s > start_s:
                     gpu.last_power_w = gpu.power_window_energy_j / (self._now_s - start_s)
                 elif start_s is None:
-                    active = sum(1 for r in self._requests.values() if r.active)
-                    gpu.last_power_w = self.idle_w + self.w_per_request * active
+                    gpu.last_power_w = self.idle_w + self.w_per_request * self._active()
                 gpu.power_window_start_s = self._now_s
                 gpu.power_window_energy_j = 0.0
                 return round(gpu.last_power_w * 1000.0)

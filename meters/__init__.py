@@ -37,6 +37,16 @@ from meters.intensity import (
     UnknownZone,
 )
 
+# isort: split
+# Measured energy: sources, sampling, per-tick attribution, meters, agent (methodology §1-2).
+from meters.agent import EnergyAgent, run_agent
+from meters.attribution import Attributor, RequestEnergy, TickActivity, TickSplit, attribute_tick
+from meters.meter import EstimatedMeter, MeasuredMeter, TelemetryMeter, build_meter
+from meters.sampler import Sampler
+from meters.sources.base import EnergySample, EnergySource, GpuReading
+from meters.sources.nvml import NvmlSource
+from meters.sources.prometheus import PrometheusSource
+
 __all__ += [
     "Calibration",
     "Calibrations",
@@ -52,4 +62,24 @@ __all__ += [
     "compute_footprint",
     "footprint_json",
     "format_decimal",
+]
+
+__all__ += [
+    "Attributor",
+    "EnergyAgent",
+    "EnergySample",
+    "EnergySource",
+    "EstimatedMeter",
+    "GpuReading",
+    "MeasuredMeter",
+    "NvmlSource",
+    "PrometheusSource",
+    "RequestEnergy",
+    "Sampler",
+    "TelemetryMeter",
+    "TickActivity",
+    "TickSplit",
+    "attribute_tick",
+    "build_meter",
+    "run_agent",
 ]

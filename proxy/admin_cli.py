@@ -1,0 +1,270 @@
+"""`footprint teams|keys|budgets|report`: the admin API from the command line.
+
+These commands talk to a running proxy over HTTP (`--url`, default from the config's
+server.host/port, or $FOOTPRINT_URL), with the admin key read from the environment variable
+that server.admin_key_env names (FOOTPRINT_ADMIN_KEY by default). Going through the proxy
+rather than the database keeps one place that validates input and one place that tells every
+replica about a revoked key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from proxy.config import load_settings
+
+NUMBER_COLUMNS = ("requests", "tokens", "energy_j", "co2e_g", "water_ml")
+
+
+class CliError(Exception):
+    """One clear line for the user."""
+
+
+def register_admin_commands(subparsers: Any) -> None:
+    """Add `teams`, `keys`, `budgets` and `report` to the `footprint` command."""
+    teams = subparsers.add_parser("teams", help="create and list teams")
+    teams_cmd = teams.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = teams_cmd.add_parser("create", help="create a team")
+    p.add_argument("name")
+    _common(p, _teams_create)
+    _common(teams_cmd.add_parser("list", help="list teams"), _teams_list)
+
+    keys = subparsers.add_parser("keys", help="create, list and revoke API keys")
+    keys_cmd = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = keys_cmd.add_parser("create", help="create a key (printed once, keep it)")
+    p.add_argument("--team", required=True)
+    p.add_argument("--models", default="*", help="comma-separated names or globs (default *)")
+    _common(p, _keys_create)
+    p = keys_cmd.add_parser("list", help="list keys (never the keys themselves)")
+    p.add_argument("--team")
+    _common(p, _keys_list)
+    p = keys_cmd.add_parser("revoke", help="revoke a key: refused from then on")
+    p.add_argument("key_id")
+    _common(p, _keys_revoke)
+
+    budgets = subparsers.add_parser("budgets", help="set and show team budgets")
+    budgets_cmd = budgets.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = budgets_cmd.add_parser("set", help="set a budget")
+    p.add_argument("--team", required=True)
+    p.add_argument(
+        "--metric", required=True, choices=["energy_j", "co2e_g", "water_ml", "tokens", "requests"]
+    )
+    p.add_argument("--limit", required=True, type=float)
+    p.add_argument("--period", required=True, choices=["day", "month", "total"])
+    _common(p, _budgets_set)
+    p = budgets_cmd.add_parser("show", help="a team's budgets, used and remaining")
+    p.add_argument("--team", required=True)
+    _common(p, _budgets_show)
+
+    report = subparsers.add_parser("report", help="usage sums over the ledger")
+    report.add_argument("--group-by", default="team", help="any of team,model,upstream,day")
+    report.add_argument("--from", dest="start", help="ISO date or date-time (UTC)")
+    report.add_argument("--to", dest="end", help="ISO date or date-time (UTC), exclusive")
+    report.add_argument("--month", help="YYYY-MM: shorthand for --from/--to of that month")
+    report.add_argument("--team")
+    report.add_argument("--idle", choices=["report", "spread"])
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    _common(report, _report)
+
+
+def _common(parser: argparse.ArgumentParser, action: Callable[..., int]) -> None:
+    parser.add_argument("--url", help="the proxy (default: $FOOTPRINT_URL or the config's)")
+    parser.add_argument("--config", help="TOML file (default: ./footprint.toml if present)")
+    parser.set_defaults(func=lambda args: _run(action, args))
+
+
+def _run(action: Callable[..., int], args: argparse.Namespace) -> int:
+    try:
+        with admin_client(args) as client:
+            return action(client, args)
+    except CliError as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as error:
+        print(f"footprint: cannot reach the proxy: {error}", file=sys.stderr)
+        return 1
+
+
+def admin_client(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    environ = os.environ if environ is None else environ
+    settings = load_settings(args.config, environ=environ)
+    url = args.url or environ.get("FOOTPRINT_URL")
+    if not url:
+        host = settings.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = f"http://{host}:{settings.server.port}"
+    key = environ.get(settings.server.admin_key_env, "")
+    if not key:
+        raise CliError(f"set {settings.server.admin_key_env} to the proxy's admin key")
+    return httpx.Client(
+        base_url=url.rstrip("/"),
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30.0,
+        transport=transport,
+    )
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    response = client.request(method, path, **kwargs)
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise CliError(f"{response.status_code}: {message}")
+    return response
+
+
+def _teams_create(client: httpx.Client, args: argparse.Namespace) -> int:
+    team = _call(client, "POST", "/admin/teams", json={"name": args.name}).json()
+    print(f"team {team['name']} created")
+    return 0
+
+
+def _teams_list(client: httpx.Client, args: argparse.Namespace) -> int:
+    after: str | None = None
+    while True:
+        params = {"limit": "1000", **({"after": after} if after else {})}
+        page = _call(client, "GET", "/admin/teams", params=params).json()
+        for team in page["data"]:
+            print(team["name"])
+        if not page.get("has_more") or not page["data"]:
+            return 0
+        after = page["data"][-1]["name"]
+
+
+def _keys_create(client: httpx.Client, args: argparse.Namespace) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    made = _call(client, "POST", "/admin/keys", json={"team": args.team, "models": models}).json()
+    print(f"key {made['id']} for team {made['team']} (models: {', '.join(made['models'])})")
+    print(made["key"])
+    print("This key is shown only now; store it somewhere safe.", file=sys.stderr)
+    return 0
+
+
+def _keys_list(client: httpx.Client, args: argparse.Namespace) -> int:
+    params = {"team": args.team} if args.team else {}
+    rows = _call(client, "GET", "/admin/keys", params=params).json()["data"]
+    table = [
+        {
+            "id": k["id"],
+            "team": k["team"],
+            "prefix": k["key_prefix"] + "…",
+            "models": ",".join(k["models"]),
+            "created": k["created_at"][:19],
+            "revoked": (k["revoked_at"] or "")[:19],
+        }
+        for k in rows
+    ]
+    print(render_table(table, ["id", "team", "prefix", "models", "created", "revoked"]))
+    return 0
+
+
+def _keys_revoke(client: httpx.Client, args: argparse.Namespace) -> int:
+    _call(client, "DELETE", f"/admin/keys/{args.key_id}")
+    print(f"key {args.key_id} revoked")
+    return 0
+
+
+def _budgets_set(client: httpx.Client, args: argparse.Namespace) -> int:
+    body = {"team": args.team, "metric": args.metric, "limit": args.limit, "period": args.period}
+    line = _call(client, "PUT", "/admin/budgets", json=body).json()
+    print(
+        f"budget for {args.team}: {line['metric']} per {line['period']} = {_num(line['limit'])} "
+        f"(used {_num(line['used'])}, remaining {_num(line['remaining'])})"
+    )
+    return 0
+
+
+def _budgets_show(client: httpx.Client, args: argparse.Namespace) -> int:
+    lines = _call(client, "GET", "/admin/budgets", params={"team": args.team}).json()["data"]
+    print(render_table(lines, ["metric", "period", "limit", "used", "reserved", "remaining"]))
+    return 0
+
+
+def month_window(month: str) -> tuple[str, str]:
+    try:
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise CliError(f"--month must look like 2025-03, not {month!r}") from None
+    if start.month == 12:
+        end = start.replace(year=start.year + 1, month=1)
+    else:
+        end = start.replace(month=start.month + 1)
+    return start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
+
+
+def _report(client: httpx.Client, args: argparse.Namespace) -> int:
+    params: dict[str, str] = {"group_by": args.group_by}
+    start, end = args.start, args.end
+    if args.month:
+        start, end = month_window(args.month)
+    if start:
+        params["from"] = start
+    if end:
+        params["to"] = end
+    if args.team:
+        params["team"] = args.team
+    if args.idle:
+        params["idle"] = args.idle
+    if args.format == "csv":
+        params["format"] = "csv"
+        sys.stdout.write(_call(client, "GET", "/v1/footprint/usage", params=params).text)
+        return 0
+    report = _call(client, "GET", "/v1/footprint/usage", params=params).json()
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    group_by = report["group_by"]
+    columns = [*group_by, *NUMBER_COLUMNS]
+    print(render_table(report["data"], columns))
+    window = f"{report['from'] or 'start'} → {report['to'] or 'now'}"
+    print(f"\n{len(report['data'])} row(s), {window}, idle energy: {report['idle_policy']}")
+    for idle in report.get("idle", []):
+        print(f"idle (not in rows above): {idle['upstream']}: {_num(idle['energy_j'])} J")
+    return 0
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.6f}".rstrip("0").rstrip(".")
+        return "0" if text in ("", "-0") else text
+    return str(value)
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as an aligned terminal table; numbers right-aligned, plain decimals."""
+    if not rows:
+        return "(nothing)"
+    cells = [[_num(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row.get(c), int | float) for row in rows) for c in columns]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = io.StringIO()
+    out.write(line(columns) + "\n")
+    out.write(line(["-" * w for w in widths]) + "\n")
+    for r in cells:
+        out.write(line(r) + "\n")
+    return out.getvalue().rstrip("\n")
+
+
+__all__ = ["CliError", "register_admin_commands", "render_table"]

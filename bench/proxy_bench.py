@@ -1,0 +1,708 @@
+"""The proxy benchmark of issue 2: Footprint against direct, the bare Python floor and LiteLLM.
+
+One run measures every target in turn against the same fake upstream
+(`bench/fake_upstream.py`): the fake upstream and the load generators are pinned to one core,
+the proxy under test to the other (`taskset -c`). Phases per target, after a short warm-up:
+
+    a      max throughput, non-streaming, 32 connections, wrk (closed loop: its ceiling)
+    b10    open loop at 10 req/s, latency from the scheduled send time (bench/loadgen.py)
+    b100   open loop at 100 req/s
+    c      streaming, 16 chunks 5 ms apart, 16 concurrent: time to first token and total
+
+and for each proxy its CPU time per request (utime+stime of its process tree from
+/proc/<pid>/stat, over the phase, divided by the requests answered) and its resident memory
+(VmRSS) after the run. A Markdown table goes to stdout, everything to bench/results/*.json.
+
+    .venv/bin/python bench/proxy_bench.py                       # all four, 10 s phases
+    .venv/bin/python bench/proxy_bench.py --targets footprint,bare --phase-s 5
+    .venv/bin/python bench/proxy_bench.py --experimental        # + aiohttp-transport variants
+    .venv/bin/python bench/proxy_bench.py profile --target footprint   # py-spy under wrk load
+
+LiteLLM runs from its own virtual environment (`--litellm`, default /tmp/litellm-venv), never
+from the project's: `python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install
+'litellm[proxy]'`. The `*-aiohttp` variants need `httpx-aiohttp` importable, e.g.
+`pip install --target /tmp/aiohttp-extra httpx-aiohttp` and `--extra-path /tmp/aiohttp-extra`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402  (bench/ is not a package)
+
+LOAD_CORE = "0"  # fake upstream + load generators + py-spy
+PROXY_CORE = "1"  # the proxy under test
+UPSTREAM_PORT = 9100
+PORTS = {
+    "bare": 9201,
+    "footprint": 9202,
+    "litellm": 9203,
+    "bare-aiohttp": 9204,
+    "footprint-aiohttp": 9205,
+}
+ALL_TARGETS = ("direct", "footprint", "bare", "litellm")
+EXPERIMENTAL = ("bare-aiohttp", "footprint-aiohttp")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+FOOTPRINT_TOML = """\
+# Footprint with all metering on, in front of the benchmark's fake upstream.
+[server]
+host = "127.0.0.1"
+port = {port}
+auth = "none"
+log_level = "warning"
+
+[ledger]
+url = "sqlite:///{ledger}"
+
+[[upstreams]]
+name = "fake"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+models = ["*"]
+zone = "KR"
+
+[upstreams.meter]
+kind = "estimate"
+
+[upstreams.hardware]
+accelerator = "H100-SXM"
+gpus = 1
+active_params_b = 8.0
+"""
+
+
+# ---- processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        """SIGTERM to the server's own process group, then SIGKILL after 5 s."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def start(
+    name: str, argv: list[str], core: str, log_dir: Path, env: dict[str, str] | None = None
+) -> Server:
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            ["taskset", "-c", core, *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group, so stop() reaches its children
+        )
+    return Server(name, process, log_path)
+
+
+def wait_ready(server: Server | None, url: str, timeout_s: float = 90.0) -> float:
+    """Poll with the benchmark's own request until it answers 200; returns seconds waited."""
+    body = loadgen.request_body(stream=False)
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        if server is not None and server.process.poll() is not None:
+            tail = server.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{server.name} exited while starting:\n{tail}")
+        request = urllib.request.Request(
+            url, data=body, headers={"content-type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                if answer.status == 200:
+                    return time.monotonic() - began
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (LiteLLM or uvicorn may fork a worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_s(pid: int) -> float:
+    """utime+stime of the process tree, seconds (all threads included)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of the process tree, MB (10^6 bytes)."""
+    total_kb = 0
+    for p in tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total_kb * 1024 / 1e6, 1)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+# ---- targets -----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    server: Server | None = None
+    ready_s: float = 0.0
+
+
+def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path) -> Target:
+    upstream = f"http://127.0.0.1:{UPSTREAM_PORT}/v1"
+    if name == "direct":
+        return Target(name, f"{upstream}/chat/completions")
+    port = PORTS[name]
+    if not port_free(port):
+        raise RuntimeError(f"port {port} for {name} is taken")
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    py = sys.executable
+    extra_env: dict[str, str] = {}
+    if name.endswith("-aiohttp") and args.extra_path:
+        extra_env["PYTHONPATH"] = args.extra_path
+    if name.startswith("bare"):
+        argv = [py, str(BENCH / "bare_proxy.py"), "--upstream", upstream, "--port", str(port)]
+        if name == "bare-aiohttp":
+            argv.append("--aiohttp")
+    elif name.startswith("footprint"):
+        config = work / f"{name}.toml"
+        ledger = work / f"{name}-ledger.db"
+        config.write_text(
+            FOOTPRINT_TOML.format(port=port, ledger=ledger, upstream_port=UPSTREAM_PORT)
+        )
+        if name == "footprint":
+            argv = [py, "-m", "proxy.cli", "serve", "--config", str(config)]
+        else:
+            argv = [py, str(BENCH / "proxy_bench.py"), "serve-footprint-aiohttp", str(config)]
+    elif name == "litellm":
+        exe = Path(args.litellm) / "bin" / "litellm"
+        if not exe.exists():
+            raise RuntimeError(f"{exe} not found: pip install 'litellm[proxy]' into {args.litellm}")
+        argv = [
+            str(exe),
+            "--config",
+            str(BENCH / "litellm_config.yaml"),
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ]
+        extra_env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    else:
+        raise ValueError(name)
+    server = start(name, argv, PROXY_CORE, log_dir, extra_env)
+    target = Target(name, url, server)
+    try:
+        target.ready_s = wait_ready(server, url)
+    except BaseException:
+        server.stop()
+        raise
+    return target
+
+
+def serve_footprint_aiohttp(config: str) -> int:
+    """Footprint exactly as `footprint serve` builds it, but with its upstream httpx clients
+    on aiohttp's transport (the `httpx-aiohttp` package, as LiteLLM does): an experiment."""
+    sys.path.insert(0, str(ROOT))
+    import httpx
+    import uvicorn
+    from httpx_aiohttp import AiohttpTransport
+
+    from proxy.app import create_app
+    from proxy.config import load_settings
+
+    settings = load_settings(config)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=30)
+    transports: dict[str, httpx.AsyncBaseTransport] = {
+        u.name: AiohttpTransport(limits=limits) for u in settings.upstreams
+    }
+    app = create_app(settings, upstream_transports=transports)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+# ---- phases ------------------------------------------------------------------------------
+
+
+def wrk_script(work: Path) -> Path:
+    path = work / "post.lua"
+    body = loadgen.request_body(stream=False).decode()
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{body}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.headers["Authorization"] = "Bearer sk-bench"\n'
+    )
+    return path
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def _wrk_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ValueError(text)
+    return round(float(match.group(1)) * _WRK_UNITS[match.group(2)], 3)
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", output)
+    if match:
+        result["requests"] = int(match.group(1))
+    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if match:
+        result["req_per_s"] = float(match.group(1))
+    match = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    result["non_2xx"] = int(match.group(1)) if match else 0
+    match = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    result["socket_errors"] = sum(int(g) for g in match.groups()) if match else 0
+    for q in ("50", "99"):
+        match = re.search(rf"^\s+{q}(?:\.000)?%\s+(\S+)", output, re.M)
+        if match:
+            result[f"p{q}_ms"] = _wrk_ms(match.group(1))
+    return result
+
+
+def run_wrk(url: str, script: Path, duration_s: float, connections: int = 32) -> dict[str, Any]:
+    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}"]
+    argv += [f"-d{max(1, round(duration_s))}s", "--latency", "-s", str(script), url]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result = parse_wrk(done.stdout)
+    result["connections"] = connections
+    return result
+
+
+def run_loadgen(args: list[str]) -> dict[str, Any]:
+    argv = ["taskset", "-c", LOAD_CORE, sys.executable, str(BENCH / "loadgen.py"), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout))
+
+
+@contextlib.contextmanager
+def cpu_meter(target: Target, into: dict[str, Any], requests_key: str) -> Iterator[None]:
+    """Adds the proxy's CPU seconds over the block and CPU ms per answered request."""
+    if target.server is None:
+        yield
+        return
+    before = cpu_s(target.server.pid)
+    yield
+    used = cpu_s(target.server.pid) - before
+    into["proxy_cpu_s"] = round(used, 3)
+    answered = into.get(requests_key) or 0
+    into["cpu_ms_per_req"] = round(used * 1000.0 / answered, 3) if answered else None
+
+
+def measure(target: Target, script: Path, phase_s: float) -> dict[str, Any]:
+    url = target.url
+    run_wrk(url, script, min(3.0, phase_s))  # warm-up: pools, caches, lazy imports
+    phases: dict[str, Any] = {}
+    a: dict[str, Any] = {}
+    with cpu_meter(target, a, "requests"):
+        a.update(run_wrk(url, script, phase_s))
+    phases["a"] = a
+    for rate in (10, 100):
+        b: dict[str, Any] = {}
+        with cpu_meter(target, b, "ok"):
+            b.update(
+                run_loadgen(["open", "--url", url, "--rate", str(rate), "--duration", str(phase_s)])
+            )
+        phases[f"b{rate}"] = b
+    c: dict[str, Any] = {}
+    with cpu_meter(target, c, "ok"):
+        c.update(
+            run_loadgen(["stream", "--url", url, "--concurrency", "16", "--duration", str(phase_s)])
+        )
+    phases["c"] = c
+    result: dict[str, Any] = {"url": url, "ready_s": round(target.ready_s, 1), "phases": phases}
+    if target.server is not None:
+        result["rss_mb"] = rss_mb(target.server.pid)
+    return result
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    def run(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        except OSError:
+            return ""
+
+    lscpu = run("lscpu")
+    model = re.search(r"Model name:\s+(.*)", lscpu)
+    versions: dict[str, str] = {}
+    from importlib import metadata
+
+    for dist in ("httpx", "starlette", "fastapi", "uvicorn", "uvloop", "httptools", "orjson"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+        "wrk": (run("wrk", "-v").splitlines() or [""])[0],
+        "versions": versions,
+        "lscpu": lscpu,
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _added(value: float | None, base: float | None) -> str:
+    if value is None or base is None:
+        return "—"
+    return f"{value - base:+.1f}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    direct = results.get("direct", {}).get("phases", {})
+    base_b10 = direct.get("b10", {}).get("p50_ms")
+    base_ttfb = direct.get("c", {}).get("ttfb_p50_ms")
+    lines = [
+        "| target | a: req/s (32 conn) | a: CPU ms/req | b10: p50 / p99 ms | b10: added p50 ms "
+        "| b100: p50 / p99 ms | c: TTFB p50 / p99 ms | c: added TTFB p50 ms "
+        "| c: total p50 / p99 ms | RSS MB | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, result in results.items():
+        ph = result["phases"]
+        a, b10, b100, c = ph["a"], ph["b10"], ph["b100"], ph["c"]
+        errors = (
+            a.get("non_2xx", 0)
+            + a.get("socket_errors", 0)
+            + sum(b10["errors"].values())
+            + sum(b100["errors"].values())
+            + sum(c["errors"].values())
+        )
+        lines.append(
+            f"| {name} | {_fmt(a.get('req_per_s'), 0)} | {_fmt(a.get('cpu_ms_per_req'), 2)} "
+            f"| {_fmt(b10['p50_ms'])} / {_fmt(b10['p99_ms'])} "
+            f"| {'—' if name == 'direct' else _added(b10['p50_ms'], base_b10)} "
+            f"| {_fmt(b100['p50_ms'])} / {_fmt(b100['p99_ms'])} "
+            f"| {_fmt(c['ttfb_p50_ms'])} / {_fmt(c['ttfb_p99_ms'])} "
+            f"| {'—' if name == 'direct' else _added(c['ttfb_p50_ms'], base_ttfb)} "
+            f"| {_fmt(c['total_p50_ms'])} / {_fmt(c['total_p99_ms'])} "
+            f"| {_fmt(result.get('rss_mb'))} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+def check_machine() -> None:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    if not shutil.which("taskset"):
+        raise SystemExit("taskset not found (util-linux)")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("needs two cores: one for upstream + load, one for the proxy")
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        print(f"warning: load average {load1:.2f}; figures will be noisy", file=sys.stderr)
+
+
+def start_upstream(log_dir: Path) -> Server:
+    if not port_free(UPSTREAM_PORT):
+        raise SystemExit(f"port {UPSTREAM_PORT} for the fake upstream is taken")
+    argv = [sys.executable, str(BENCH / "fake_upstream.py"), "--port", str(UPSTREAM_PORT)]
+    argv += ["--chunks", "16", "--gap-ms", "5"]
+    upstream = start("fake-upstream", argv, LOAD_CORE, log_dir)
+    wait_ready(upstream, f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions", 10)
+    return upstream
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    check_machine()
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    if args.experimental:
+        names += [n for n in EXPERIMENTAL if n not in names]
+    unknown = [n for n in names if n not in ALL_TARGETS + EXPERIMENTAL]
+    if unknown:
+        raise SystemExit(f"unknown target(s): {', '.join(unknown)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = out / f"logs-{stamp}"
+    log_dir.mkdir()
+    began = time.monotonic()
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "phase_s": args.phase_s,
+        "method": {
+            "load_core": LOAD_CORE,
+            "proxy_core": PROXY_CORE,
+            "a": "wrk -t1 -c32, non-streaming, closed loop",
+            "b": "open loop, latency from the scheduled send time",
+            "c": "16 concurrent streams, 16 chunks 5 ms apart; TTFB = first content delta",
+            "cpu": "utime+stime of the proxy's process tree over the phase / answered requests",
+            "rss": "VmRSS of the proxy's process tree after the run",
+        },
+        "results": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="footprint-bench-") as tmp:
+        work = Path(tmp)
+        script = wrk_script(work)
+        upstream = start_upstream(log_dir)
+        try:
+            for name in names:
+                print(f"== {name}", file=sys.stderr, flush=True)
+                try:
+                    target = start_target(name, args, work, log_dir)
+                except RuntimeError as exc:
+                    print(f"   skipped: {exc}", file=sys.stderr)
+                    report["results"][name] = {"skipped": str(exc)}
+                    continue
+                try:
+                    report["results"][name] = measure(target, script, args.phase_s)
+                finally:
+                    if target.server is not None:
+                        target.server.stop()
+                print(
+                    "   " + json.dumps(report["results"][name]["phases"]["a"]),
+                    file=sys.stderr,
+                    flush=True,
+                )
+        finally:
+            upstream.stop()
+    report["wall_s"] = round(time.monotonic() - began, 1)
+    measured = {k: v for k, v in report["results"].items() if "phases" in v}
+    table = markdown_table(measured)
+    report["table"] = table
+    path = out / f"proxy-bench-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    info = report["machine"]
+    print(
+        f"{report['date']} · {info['cpu']}, {info['cpus']} CPUs · Linux {info['kernel']} · "
+        f"Python {info['python']} · load avg at start {info['loadavg_at_start'][0]:.2f} · "
+        f"{args.phase_s:g} s phases · {report['wall_s']:g} s in all\n"
+    )
+    print(table)
+    for name, result in report["results"].items():
+        if "skipped" in result:
+            print(f"\n{name}: skipped ({result['skipped'].splitlines()[0]})")
+    print(f"\nraw results: {path}")
+    return 0
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """py-spy the target while wrk loads it; writes an SVG flame graph and collapsed stacks,
+    and prints where the time goes by component."""
+    check_machine()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("py-spy not found: .venv/bin/pip install py-spy")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = out / "logs-profile"
+    log_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="footprint-bench-") as tmp:
+        work = Path(tmp)
+        script = wrk_script(work)
+        upstream = start_upstream(log_dir)
+        target = start_target(args.target, args, work, log_dir)
+        try:
+            assert target.server is not None
+            run_wrk(target.url, script, 3)  # warm-up
+            stem = out / f"profile-{args.target}"
+            load = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32"]
+            load += [f"-d{args.duration + 2}s", "-s", str(script), target.url]
+            wrk = subprocess.Popen(load, stdout=subprocess.PIPE, text=True)
+            spy = ["taskset", "-c", LOAD_CORE, py_spy, "record", "--pid", str(target.server.pid)]
+            spy += ["--duration", str(args.duration), "--rate", str(args.rate), "--nonblocking"]
+            subprocess.run(
+                [*spy, "--format", "raw", "-o", f"{stem}.txt"], check=True, capture_output=True
+            )
+            wrk_out, _ = wrk.communicate()
+            print(f"load during profile: {parse_wrk(wrk_out)}")
+            if args.svg:
+                run_wrk(target.url, script, 1)
+                wrk = subprocess.Popen(load, stdout=subprocess.DEVNULL)
+                subprocess.run([*spy, "-o", f"{stem}.svg"], check=True, capture_output=True)
+                wrk.wait()
+        finally:
+            if target.server is not None:
+                target.server.stop()
+            upstream.stop()
+    print(summarize_profile(Path(f"{stem}.txt")))
+    print(f"\ncollapsed stacks: {stem}.txt" + (f"\nflame graph: {stem}.svg" if args.svg else ""))
+    return 0
+
+
+# Components by where a sampled stack is; the first rule that matches a frame, walking from
+# the innermost frame outwards, wins (so time in orjson under the ledger counts as ledger).
+COMPONENTS: list[tuple[str, str]] = [
+    ("ledger (proxy/ledger, SQLAlchemy, aiosqlite)", r"proxy/ledger/|sqlalchemy|aiosqlite"),
+    ("telemetry (proxy/telemetry, OTel SDK)", r"proxy/telemetry|opentelemetry"),
+    ("budgets", r"proxy/budgets\.py"),
+    ("auth", r"proxy/auth\.py"),
+    ("meters (estimate, footprint, intensity)", r"/meters/"),
+    ("prompt/token counting (proxy/tokens.py)", r"proxy/tokens\.py"),
+    ("SSE parsing (proxy/sse.py)", r"proxy/sse\.py"),
+    ("httpx client + httpcore pool", r"/httpx/|/httpcore/|httpx_aiohttp|/aiohttp/"),
+    ("anyio", r"/anyio/"),
+    ("JSON (orjson/json)", r"orjson|/json/"),
+    ("Footprint relay (proxy/forward.py own code)", r"proxy/forward\.py"),
+    ("FastAPI routing/DI", r"/fastapi/"),
+    ("Starlette middleware/routing/responses", r"/starlette/"),
+    ("uvicorn HTTP protocol", r"/uvicorn/"),
+    ("asyncio event loop", r"asyncio/|uvloop"),
+]
+
+
+def summarize_profile(path: Path) -> str:
+    """Share of samples per component (exclusive: each sample counted once) plus the top
+    self-time frames."""
+    totals: dict[str, int] = {}
+    self_time: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = stack.split(";")
+        component = "other"
+        for frame in reversed(frames):
+            hit = next((name for name, rx in COMPONENTS if re.search(rx, frame)), None)
+            if hit is not None:
+                component = hit
+                break
+        totals[component] = totals.get(component, 0) + count
+        leaf = frames[-1]
+        self_time[leaf] = self_time.get(leaf, 0) + count
+    if not samples:
+        return "no samples"
+    lines = [f"{samples} samples", "", "| component | share |", "| --- | ---: |"]
+    for name, count in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {100.0 * count / samples:.1f}% |")
+    lines += ["", "top self time:"]
+    for leaf, count in sorted(self_time.items(), key=lambda kv: -kv[1])[:25]:
+        lines.append(f"  {100.0 * count / samples:5.1f}%  {leaf}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="proxy benchmark (issue 2)")
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS))
+    parser.add_argument("--experimental", action="store_true", help="add *-aiohttp variants")
+    parser.add_argument("--phase-s", type=float, default=10.0)
+    parser.add_argument("--out", default=str(BENCH / "results"))
+    parser.add_argument("--litellm", default="/tmp/litellm-venv", help="LiteLLM's own venv")
+    parser.add_argument("--extra-path", default="", help="PYTHONPATH for httpx-aiohttp")
+    commands = parser.add_subparsers(dest="command")
+    profile = commands.add_parser("profile", help="py-spy a target under wrk load")
+    profile.add_argument("--target", default="footprint", choices=[*PORTS])
+    profile.add_argument("--duration", type=int, default=10)
+    profile.add_argument("--rate", type=int, default=250, help="samples per second")
+    profile.add_argument("--svg", action="store_true", help="also record a flame graph")
+    serve = commands.add_parser("serve-footprint-aiohttp", help=argparse.SUPPRESS)
+    serve.add_argument("config")
+    summary = commands.add_parser("summarize", help="summarize a py-spy raw profile")
+    summary.add_argument("path")
+    args = parser.parse_args(argv)
+    if args.command == "profile":
+        return run_profile(args)
+    if args.command == "serve-footprint-aiohttp":
+        return serve_footprint_aiohttp(args.config)
+    if args.command == "summarize":
+        print(summarize_profile(Path(args.path)))
+        return 0
+    return run_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

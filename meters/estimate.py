@@ -297,8 +297,9 @@ class Estimator:
         if spec is None and calibration is None:
             raise UnknownModel(
                 f"cannot estimate the energy of model {model!r}: it is not in EcoLogits' "
-                "catalogue; set the upstream's [upstreams.hardware] active_params_b (and "
-                "total_params_b for a mixture of experts)"
+                "catalogue; give its parameter count in billions ([upstreams.hardware] "
+                "active_params_b, and total_params_b for a mixture of experts; or "
+                "`footprint estimate --params-b`)"
             )
         if spec is not None:
             gpus = gpu_count(spec.total_params_b, self.accelerator_memory_gb)

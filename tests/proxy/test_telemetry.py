@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -32,7 +35,10 @@ from proxy.errors import (
 )
 from proxy.telemetry import Telemetry, build_telemetry, metrics_router, resolve_plan
 from proxy.telemetry.names import ENDPOINTS, provider_name
+from tests.proxy.conftest import proxy_settings
 from tests.proxy.otlp_receiver import OtlpReceiver
+from tests.support.fake_upstream import UpstreamLog
+from tests.support.servers import ServerThread
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
@@ -710,3 +716,300 @@ def test_a_stalled_receiver_never_holds_up_a_request() -> None:
             assert sent["traceparent"].split("-")[1] == call.trace_id
         assert scrape(telemetry)["footprint_requests"][0].value == 201
         telemetry.shutdown(timeout_s=0.5)
+
+
+# ---- through the proxy ---------------------------------------------------------------------
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+FIGURE_HEADERS = {
+    "gpu_energy_j": "x-footprint-gpu-energy-j",
+    "energy_j": "x-footprint-energy-j",
+    "co2e_g": "x-footprint-co2e-g",
+    "water_ml": "x-footprint-water-ml",
+}
+FIGURES = tuple(FIGURE_HEADERS)
+
+
+def ask(
+    proxy: ServerThread,
+    model: str = "echo",
+    *,
+    stream: bool = False,
+    headers: dict[str, str] | None = None,
+    **body: Any,
+) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": model, "messages": MESSAGES, "stream": stream, **body},
+        headers=headers or {},
+        timeout=30,
+    )
+
+
+def reported(response: httpx.Response) -> dict[str, Any]:
+    """The footprint the caller was told: the headers of a whole answer, or the `: footprint`
+    comment of a streamed one."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        for line in response.text.splitlines():
+            if line.startswith(": footprint "):
+                return dict(orjson.loads(line[len(": footprint ") :]))
+        raise AssertionError("no footprint comment in the stream")
+    told: dict[str, Any] = {
+        figure: float(response.headers[header]) for figure, header in FIGURE_HEADERS.items()
+    }
+    told["method"] = response.headers["x-footprint-method"]
+    told["zone"] = response.headers["x-footprint-zone"]
+    return told
+
+
+@pytest.fixture
+def traced(
+    start_proxy: Callable[..., ServerThread], tmp_path: Path, upstream: ServerThread
+) -> tuple[ServerThread, Rig]:
+    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
+    telemetry = build_telemetry(
+        TelemetrySettings(), [], span_exporter=spans, metric_reader=metrics, environ={}
+    )
+    proxy = start_proxy(proxy_settings(tmp_path, upstream.url), telemetry=telemetry)
+    return proxy, Rig(telemetry, spans, metrics)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_through_the_proxy_the_upstream_continues_the_callers_trace_with_the_footprint(
+    traced: tuple[ServerThread, Rig],
+    upstream: ServerThread,
+    upstream_log: UpstreamLog,
+    stream: bool,
+) -> None:
+    proxy, rig = traced
+    response = ask(
+        proxy, stream=stream, headers={**CALLER_HEADERS, "x-request-id": "t-1"}, max_tokens=64
+    )
+    assert response.status_code == 200
+    client, server = rig.span(SpanKind.CLIENT), rig.span(SpanKind.SERVER)
+
+    sent = upstream_log.headers[-1]
+    assert sent["traceparent"] == f"00-{CALLER_TRACE}-{client.context.span_id:016x}-01"
+    assert sent["tracestate"] == "vendor=opaque"
+    assert sent["baggage"] == "user.session=abc123"
+    assert format(server.parent.span_id, "016x") == CALLER_SPAN
+    assert client.parent.span_id == server.context.span_id
+
+    told = reported(response)
+    attributes = client.attributes
+    for figure in FIGURES:
+        assert attributes[f"footprint.{figure}"] == pytest.approx(told[figure], rel=1e-5)
+    assert attributes["footprint.method"] == told["method"]
+    assert attributes["footprint.zone"] == told["zone"]
+    assert attributes["footprint.team"] == "default"
+    assert client.name == "chat echo"
+    assert server.name == "POST /v1/chat/completions"
+    assert attributes["gen_ai.provider.name"] == "test"
+    assert attributes["gen_ai.request.model"] == "echo"
+    assert attributes["gen_ai.response.model"] == "echo"
+    assert attributes["gen_ai.request.max_tokens"] == 64
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attributes["gen_ai.usage.input_tokens"] == 2  # the test upstream counts words
+    assert attributes["gen_ai.usage.output_tokens"] == 8
+    assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", upstream.port)
+    record = httpx.get(f"{proxy.url}/v1/footprint/requests/t-1").json()
+    assert record["trace_id"] == CALLER_TRACE
+
+
+def test_two_calls_in_one_trace_sum_to_the_trace_footprint(
+    traced: tuple[ServerThread, Rig],
+) -> None:
+    proxy, rig = traced
+    answers = [ask(proxy, headers=CALLER_HEADERS), ask(proxy, stream=True, headers=CALLER_HEADERS)]
+    clients = [s for s in rig.finished() if s.kind == SpanKind.CLIENT]
+    assert len(clients) == 2
+    summary = httpx.get(f"{proxy.url}/v1/footprint/traces/{CALLER_TRACE}").json()
+    assert summary["requests"] == 2
+    for figure in ("energy_j", "co2e_g", "water_ml"):
+        spans_sum = sum(s.attributes[f"footprint.{figure}"] for s in clients)
+        assert summary[figure] == pytest.approx(spans_sum, rel=1e-9)
+        assert summary[figure] == pytest.approx(sum(reported(a)[figure] for a in answers), rel=1e-5)
+
+
+ADMIN_KEY = "admin-" + "k" * 40
+
+
+def test_through_the_proxy_every_failure_of_the_error_table_is_an_error_span(
+    start_proxy: Callable[..., ServerThread],
+    tmp_path: Path,
+    upstream: ServerThread,
+    dead_port: int,
+) -> None:
+    spans = InMemorySpanExporter()
+    telemetry = build_telemetry(TelemetrySettings(), [], span_exporter=spans, environ={})
+    settings = proxy_settings(
+        tmp_path,
+        upstream.url,
+        server={"auth": "keys", "max_body_bytes": 2048},
+        upstreams=[
+            {
+                "name": "test",
+                "base_url": f"{upstream.url}/v1",
+                "read_timeout_s": 1.0,
+                "models": ["echo", "slow", "error500", "drop"],
+                "meter": {"kind": "estimate"},
+                "hardware": {"active_params_b": 8.0, "total_params_b": 8.0},
+            },
+            {
+                "name": "dead",
+                "base_url": f"http://127.0.0.1:{dead_port}/v1",
+                "models": ["gone"],
+                "connect_timeout_s": 1.0,
+                "meter": {"kind": "estimate"},
+                "hardware": {"active_params_b": 8.0, "total_params_b": 8.0},
+            },
+        ],
+    )
+    proxy = start_proxy(settings, telemetry=telemetry, environ={"FOOTPRINT_ADMIN_KEY": ADMIN_KEY})
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+    def key(team: str, models: list[str]) -> dict[str, str]:
+        httpx.post(f"{proxy.url}/admin/teams", json={"name": team}, headers=admin)
+        made = httpx.post(
+            f"{proxy.url}/admin/keys", json={"team": team, "models": models}, headers=admin
+        )
+        assert made.status_code == 201, made.text
+        return {"authorization": f"Bearer {made.json()['key']}"}
+
+    search = key("search", ["echo", "slow", "error500", "drop", "gone", "nope"])
+    broke = key("broke", ["*"])
+    spent = httpx.put(
+        f"{proxy.url}/admin/budgets",
+        headers=admin,
+        json={"team": "broke", "metric": "requests", "limit": 0, "period": "day"},
+    )
+    assert spent.status_code == 200, spent.text
+
+    def post(rid: str, headers: dict[str, str], **kw: Any) -> int:
+        return httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            timeout=30,
+            headers={**headers, "x-request-id": rid},
+            **kw,
+        ).status_code
+
+    chat = {"messages": MESSAGES}
+    statuses = {
+        "bad-json": post("bad-json", search, content=b"{not json"),
+        "no-key": post("no-key", {}, json={"model": "echo", **chat}),
+        "not-allowed": post("not-allowed", search, json={"model": "forbidden", **chat}),
+        "no-model": post("no-model", search, json={"model": "nope", **chat}),
+        "too-large": post(
+            "too-large",
+            search,
+            json={"model": "echo", "messages": [{"role": "user", "content": "x" * 4096}]},
+        ),
+        "no-budget": post("no-budget", broke, json={"model": "echo", **chat}),
+        "unreachable": post("unreachable", search, json={"model": "gone", **chat}),
+        "too-slow": post("too-slow", search, json={"model": "slow", **chat}),
+        "upstream-500": post("upstream-500", search, json={"model": "error500", **chat}),
+        "cut-off": post("cut-off", search, json={"model": "drop", "stream": True, **chat}),
+    }
+    expected = {  # request → (status, error.type, whether the upstream was called)
+        "bad-json": (400, "invalid_request_error", False),
+        "no-key": (401, "invalid_api_key", False),
+        "not-allowed": (403, "permission_error", False),
+        "no-model": (404, "model_not_found", False),
+        "too-large": (413, "request_too_large", False),
+        "no-budget": (429, "footprint_budget_exceeded", False),
+        "unreachable": (502, "upstream_unavailable", True),
+        "too-slow": (504, "upstream_timeout", True),
+        "upstream-500": (500, "upstream_500", True),
+        "cut-off": (200, "upstream_cut_off", True),
+    }
+    assert statuses == {rid: e[0] for rid, e in expected.items()}
+
+    telemetry.force_flush()
+    finished = list(spans.get_finished_spans())
+    servers = {
+        s.attributes["footprint.request_id"]: s for s in finished if s.kind == SpanKind.SERVER
+    }
+    assert set(servers) == set(expected)
+    for rid, (status, error_type, called) in expected.items():
+        server = servers[rid]
+        assert server.status.status_code == StatusCode.ERROR, rid
+        assert server.attributes["error.type"] == error_type, rid
+        assert server.attributes["http.response.status_code"] == status, rid
+        children = [
+            s
+            for s in finished
+            if s.parent is not None and s.parent.span_id == server.context.span_id
+        ]
+        assert len(children) == (1 if called else 0), rid
+        for child in children:
+            assert child.kind == SpanKind.CLIENT
+            assert child.status.status_code == StatusCode.ERROR
+            assert child.attributes["error.type"] == error_type
+            assert child.attributes["footprint.energy_j"] >= 0  # still metered
+
+
+def test_through_the_proxy_an_otlp_receiver_gets_the_figures_and_its_loss_fails_nothing(
+    start_proxy: Callable[..., ServerThread],
+    tmp_path: Path,
+    upstream: ServerThread,
+) -> None:
+    with OtlpReceiver() as receiver:
+        settings = proxy_settings(
+            tmp_path,
+            upstream.url,
+            telemetry={"otlp_endpoint": receiver.url, "metric_export_interval_ms": 60_000},
+        )
+        proxy = start_proxy(settings)
+        telemetry = proxy.server.config.app.state.telemetry
+        response = ask(proxy, headers=CALLER_HEADERS)
+        told = reported(response)
+        telemetry.force_flush()
+        assert receiver.wait_for(
+            lambda r: len(r.spans) >= 2 and bool(r.latest_points("footprint.energy"))
+        )
+        (client,) = [s for s in receiver.spans if s.kind == "CLIENT"]
+        assert client.trace_id == CALLER_TRACE
+        assert client.name == "chat echo"
+        for figure in FIGURES:
+            assert client.attributes[f"footprint.{figure}"] == pytest.approx(told[figure], rel=1e-5)
+        (energy,) = receiver.latest_points("footprint.energy")
+        assert energy.value == pytest.approx(told["energy_j"], rel=1e-5)
+        assert energy.attributes == {
+            "team": "default",
+            "model": "echo",
+            "upstream": "test",
+            "method": told["method"],
+        }
+
+        receiver.stop()
+        for i in range(20):
+            answer = ask(proxy, stream=bool(i % 2))
+            assert answer.status_code == 200
+            assert float(reported(answer)["energy_j"]) > 0
+        telemetry.shutdown(timeout_s=0.5)  # the app's own shutdown then has nothing left
+
+
+def test_metrics_endpoint_counters_equal_the_sum_of_what_callers_were_told(
+    proxy: ServerThread,
+) -> None:
+    answers = [ask(proxy, stream=bool(i % 2), max_tokens=16 + i) for i in range(6)]
+    assert all(a.status_code == 200 for a in answers)
+    response = httpx.get(f"{proxy.url}/metrics")
+    assert response.status_code == 200
+    families = {f.name: f.samples for f in text_string_to_metric_families(response.text)}
+    for family, figure in (
+        ("footprint_energy_joules", "energy_j"),
+        ("footprint_co2e_grams", "co2e_g"),
+        ("footprint_water_mL", "water_ml"),
+    ):
+        exported = sum(s.value for s in families[family] if s.name.endswith("_total"))
+        told = sum(reported(a)[figure] for a in answers)
+        assert exported == pytest.approx(told, rel=1e-5), family
+    requests = sum(s.value for s in families["footprint_requests"] if s.name.endswith("_total"))
+    assert requests == 6
+    first_chunk = [
+        s
+        for s in families["gen_ai_client_operation_time_to_first_chunk_seconds"]
+        if s.name.endswith("_count")
+    ]
+    assert sum(s.value for s in first_chunk) == 3  # streamed requests only

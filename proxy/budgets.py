@@ -448,7 +448,7 @@ class RedisBackend:
         ttl_s: float,
         *,
         key_prefix: str = "footprint",
-        timeout_s: float = 0.5,
+        timeout_s: float = 1.0,
         client: Any = None,
     ) -> None:
         import redis.asyncio as redis_asyncio
@@ -693,7 +693,7 @@ async def open_budgets(
     *,
     key_prefix: str = "footprint",
     clock: Callable[[], float] = time.time,
-    redis_timeout_s: float = 0.5,
+    redis_timeout_s: float = 1.0,
 ) -> Budgets:
     """In-process budgets when `settings.redis_url` is empty, Redis-backed otherwise. Redis
     need not be up yet: `on_store_error` governs requests until it is."""

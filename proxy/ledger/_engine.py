@@ -77,7 +77,6 @@ def _postgres_engine(url: URL) -> AsyncEngine:
         connect_args=connect_args,
         pool_size=10,
         max_overflow=20,
-        pool_pre_ping=True,
     )
 
 

@@ -124,8 +124,11 @@ async def test_replicas_racing_on_redis_never_overspend(ledger: Ledger, redis_pr
     """Three replicas, 200 concurrent requests, a budget for about 50 of them: the total
     settled stays within the limit (worst cases are reserved, actuals are smaller)."""
     limit_g = 100.0
+    # "refuse": a Redis call that times out on a loaded machine must not let a request through
+    # unchecked (which is what "allow" is for).
+    settings = BudgetSettings(redis_url=REDIS_URL, on_store_error="refuse")
     replicas = [
-        await open_budgets(BudgetSettings(redis_url=REDIS_URL), ledger, key_prefix=redis_prefix)
+        await open_budgets(settings, ledger, key_prefix=redis_prefix, redis_timeout_s=5.0)
         for _ in range(3)
     ]
     await replicas[0].put("search", "co2e_g", "month", limit_g)
@@ -155,6 +158,7 @@ async def test_replicas_racing_on_redis_never_overspend(ledger: Ledger, redis_pr
             await b.aclose()
     assert sum(settled) <= limit_g
     assert refused + len(settled) == 200
+    assert sum(b.store_errors for b in replicas) == 0
     assert len(settled) >= 50  # the budget was used, not refused wholesale
     assert lines[0].used == pytest.approx(sum(settled))
     assert lines[0].reserved == pytest.approx(0.0, abs=1e-9)

@@ -85,7 +85,7 @@ WORKLOAD = [
     # The proxy sees nothing of a non-streaming request until it ends; it runs at the
     # streaming ones' mean rate, which is what the time-share rule assumes of it.
     Plan("whole", prompt=10, tokens_per_4_steps=3, first_step=0, last_step=60, streaming=False),
-    Plan("late", prompt=80, tokens_per_4_steps=3, first_step=20, last_step=44),
+    Plan("late", prompt=80, tokens_per_4_steps=3, first_step=12, last_step=52),
 ]
 
 

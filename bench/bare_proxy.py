@@ -1,14 +1,15 @@
 """The Python floor: a bare OpenAI pass-through on Footprint's stack (Starlette + httpx under
 uvicorn), no metering, no auth, no ledger. Whatever Footprint costs beyond this is ours.
 
-Run: python bench/bare_proxy.py --upstream http://127.0.0.1:9100/v1 --port 9201 [--aiohttp]
-(`--aiohttp` puts httpx on aiohttp's transport from the `httpx-aiohttp` package, as LiteLLM does.)
+Run: python bench/bare_proxy.py --upstream http://127.0.0.1:9100/v1 --port 9201 [--client C]
+`--client httpx` (default, Footprint's client), `aiohttp` (httpx on aiohttp's transport from the
+`httpx-aiohttp` package, as LiteLLM does) or `httpx2` (pydantic's fork, with a linear pool).
 """
 
 import argparse
 import contextlib
+import importlib
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -19,10 +20,11 @@ from starlette.routing import Route
 _KEEP = ("content-type", "x-request-id")
 
 
-def build_app(upstream: str, use_aiohttp: bool = False) -> Starlette:
+def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
+    httpx = importlib.import_module("httpx2" if client_kind == "httpx2" else "httpx")
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     transport = None
-    if use_aiohttp:
+    if client_kind == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
         transport = AiohttpTransport(limits=limits)
@@ -59,7 +61,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="bare pass-through (the Python floor)")
     parser.add_argument("--upstream", default="http://127.0.0.1:9100/v1")
     parser.add_argument("--port", type=int, default=9201)
-    parser.add_argument("--aiohttp", action="store_true")
+    parser.add_argument("--client", choices=("httpx", "aiohttp", "httpx2"), default="httpx")
     args = parser.parse_args()
-    app = build_app(args.upstream, args.aiohttp)
+    app = build_app(args.upstream, args.client)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)

@@ -62,9 +62,10 @@ PORTS = {
     "litellm": 9203,
     "bare-aiohttp": 9204,
     "footprint-aiohttp": 9205,
+    "bare-httpx2": 9206,
 }
 ALL_TARGETS = ("direct", "footprint", "bare", "litellm")
-EXPERIMENTAL = ("bare-aiohttp", "footprint-aiohttp")
+EXPERIMENTAL = ("bare-aiohttp", "footprint-aiohttp", "bare-httpx2")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -204,6 +205,20 @@ def rss_mb(pid: int) -> float:
     return round(total_kb * 1024 / 1e6, 1)
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """utime+stime per thread of `pid`, keyed "tid name", seconds."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        found[f"{task.name} {name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return found
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -234,8 +249,7 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
         extra_env["PYTHONPATH"] = args.extra_path
     if name.startswith("bare"):
         argv = [py, str(BENCH / "bare_proxy.py"), "--upstream", upstream, "--port", str(port)]
-        if name == "bare-aiohttp":
-            argv.append("--aiohttp")
+        argv += ["--client", name.partition("-")[2] or "httpx"]
     elif name.startswith("footprint"):
         config = work / f"{name}.toml"
         ledger = work / f"{name}-ledger.db"
@@ -367,21 +381,40 @@ def cpu_meter(target: Target, into: dict[str, Any], requests_key: str) -> Iterat
         yield
         return
     before = cpu_s(target.server.pid)
+    began = time.monotonic()
     yield
     used = cpu_s(target.server.pid) - before
     into["proxy_cpu_s"] = round(used, 3)
+    # Under 0.9 in phase a means the proxy did not get its core: something else ran there.
+    into["proxy_core_share"] = round(used / (time.monotonic() - began), 2)
     answered = into.get(requests_key) or 0
     into["cpu_ms_per_req"] = round(used * 1000.0 / answered, 3) if answered else None
+
+
+def settle(target: Target, timeout_s: float = 30.0) -> float:
+    """Wait until the proxy is idle (under 5% of a core over 0.5 s), so that a backlog left by
+    an overloaded phase does not spill into the next one; returns seconds waited."""
+    began = time.monotonic()
+    if target.server is None:
+        return 0.0
+    while time.monotonic() - began < timeout_s:
+        before = cpu_s(target.server.pid)
+        time.sleep(0.5)
+        if cpu_s(target.server.pid) - before < 0.025:
+            break
+    return round(time.monotonic() - began, 1)
 
 
 def measure(target: Target, script: Path, phase_s: float) -> dict[str, Any]:
     url = target.url
     run_wrk(url, script, min(3.0, phase_s))  # warm-up: pools, caches, lazy imports
+    settle(target)
     phases: dict[str, Any] = {}
     a: dict[str, Any] = {}
     with cpu_meter(target, a, "requests"):
         a.update(run_wrk(url, script, phase_s))
     phases["a"] = a
+    a["settle_s"] = settle(target)
     for rate in (10, 100):
         b: dict[str, Any] = {}
         with cpu_meter(target, b, "ok"):
@@ -389,6 +422,7 @@ def measure(target: Target, script: Path, phase_s: float) -> dict[str, Any]:
                 run_loadgen(["open", "--url", url, "--rate", str(rate), "--duration", str(phase_s)])
             )
         phases[f"b{rate}"] = b
+        b["settle_s"] = settle(target)
     c: dict[str, Any] = {}
     with cpu_meter(target, c, "ok"):
         c.update(
@@ -450,7 +484,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     base_b10 = direct.get("b10", {}).get("p50_ms")
     base_ttfb = direct.get("c", {}).get("ttfb_p50_ms")
     lines = [
-        "| target | a: req/s (32 conn) | a: CPU ms/req | b10: p50 / p99 ms | b10: added p50 ms "
+        "| target | a: req/s (32 conn) | a: CPU ms/req (core share) | b10: p50 / p99 ms "
+        "| b10: added p50 ms "
         "| b100: p50 / p99 ms | c: TTFB p50 / p99 ms | c: added TTFB p50 ms "
         "| c: total p50 / p99 ms | RSS MB | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -466,7 +501,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             + sum(c["errors"].values())
         )
         lines.append(
-            f"| {name} | {_fmt(a.get('req_per_s'), 0)} | {_fmt(a.get('cpu_ms_per_req'), 2)} "
+            f"| {name} | {_fmt(a.get('req_per_s'), 0)} | {_fmt(a.get('cpu_ms_per_req'), 2)}"
+            f"{'' if name == 'direct' else ' (' + _fmt(a.get('proxy_core_share'), 2) + ')'} "
             f"| {_fmt(b10['p50_ms'])} / {_fmt(b10['p99_ms'])} "
             f"| {'—' if name == 'direct' else _added(b10['p50_ms'], base_b10)} "
             f"| {_fmt(b100['p50_ms'])} / {_fmt(b100['p99_ms'])} "
@@ -596,17 +632,27 @@ def run_profile(args: argparse.Namespace) -> int:
         try:
             assert target.server is not None
             run_wrk(target.url, script, 3)  # warm-up
-            stem = out / f"profile-{args.target}"
+            stem = out / f"profile-{args.target}{'-gil' if args.gil else ''}"
             load = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32"]
             load += [f"-d{args.duration + 2}s", "-s", str(script), target.url]
             wrk = subprocess.Popen(load, stdout=subprocess.PIPE, text=True)
             spy = ["taskset", "-c", LOAD_CORE, py_spy, "record", "--pid", str(target.server.pid)]
             spy += ["--duration", str(args.duration), "--rate", str(args.rate), "--nonblocking"]
+            if args.gil:
+                spy.append("--gil")  # only the thread holding the GIL: where Python CPU goes
+            before = thread_cpu_s(target.server.pid)
             subprocess.run(
                 [*spy, "--format", "raw", "-o", f"{stem}.txt"], check=True, capture_output=True
             )
+            after = thread_cpu_s(target.server.pid)
             wrk_out, _ = wrk.communicate()
-            print(f"load during profile: {parse_wrk(wrk_out)}")
+            load_result = parse_wrk(wrk_out)
+            print(f"load during profile: {load_result}")
+            print("CPU per thread during the profile (s):")
+            for key, used in sorted(after.items(), key=lambda kv: -kv[1]):
+                delta = used - before.get(key, 0.0)
+                if delta > 0:
+                    print(f"  {delta:7.2f}  {key}")
             if args.svg:
                 run_wrk(target.url, script, 1)
                 wrk = subprocess.Popen(load, stdout=subprocess.DEVNULL)
@@ -624,21 +670,22 @@ def run_profile(args: argparse.Namespace) -> int:
 # Components by where a sampled stack is; the first rule that matches a frame, walking from
 # the innermost frame outwards, wins (so time in orjson under the ledger counts as ledger).
 COMPONENTS: list[tuple[str, str]] = [
-    ("ledger (proxy/ledger, SQLAlchemy, aiosqlite)", r"proxy/ledger/|sqlalchemy|aiosqlite"),
-    ("telemetry (proxy/telemetry, OTel SDK)", r"proxy/telemetry|opentelemetry"),
-    ("budgets", r"proxy/budgets\.py"),
-    ("auth", r"proxy/auth\.py"),
-    ("meters (estimate, footprint, intensity)", r"/meters/"),
+    ("ledger (proxy/ledger, SQLAlchemy, aiosqlite)", r"proxy/ledger/|[(/]sqlalchemy/|aiosqlite"),
+    ("telemetry (proxy/telemetry, OTel SDK)", r"proxy/telemetry|[(/]opentelemetry/"),
+    ("budgets (proxy/budgets.py)", r"proxy/budgets\.py"),
+    ("auth (proxy/auth.py)", r"proxy/auth\.py"),
+    ("meters (estimate, footprint, intensity)", r"[(/]meters/"),
     ("prompt/token counting (proxy/tokens.py)", r"proxy/tokens\.py"),
     ("SSE parsing (proxy/sse.py)", r"proxy/sse\.py"),
-    ("httpx client + httpcore pool", r"/httpx/|/httpcore/|httpx_aiohttp|/aiohttp/"),
-    ("anyio", r"/anyio/"),
-    ("JSON (orjson/json)", r"orjson|/json/"),
+    ("httpx client + httpcore pool", r"[(/]httpx/|[(/]httpcore/|httpx_aiohttp|[(/]aiohttp/"),
+    ("anyio (under httpcore and Starlette)", r"[(/]anyio/"),
+    ("JSON (orjson/json)", r"orjson|[(/]json/"),
+    ("uuid/datetime", r"[(/]uuid\.py|datetime"),
     ("Footprint relay (proxy/forward.py own code)", r"proxy/forward\.py"),
-    ("FastAPI routing/DI", r"/fastapi/"),
-    ("Starlette middleware/routing/responses", r"/starlette/"),
-    ("uvicorn HTTP protocol", r"/uvicorn/"),
-    ("asyncio event loop", r"asyncio/|uvloop"),
+    ("FastAPI routing/DI", r"[(/]fastapi/"),
+    ("Starlette middleware/routing/responses", r"[(/]starlette/"),
+    ("uvicorn HTTP protocol", r"[(/]uvicorn/"),
+    ("asyncio event loop (incl. uvloop C code)", r"asyncio/|uvloop"),
 ]
 
 
@@ -689,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--duration", type=int, default=10)
     profile.add_argument("--rate", type=int, default=250, help="samples per second")
     profile.add_argument("--svg", action="store_true", help="also record a flame graph")
+    profile.add_argument("--gil", action="store_true", help="sample only the GIL holder")
     serve = commands.add_parser("serve-footprint-aiohttp", help=argparse.SUPPRESS)
     serve.add_argument("config")
     summary = commands.add_parser("summarize", help="summarize a py-spy raw profile")

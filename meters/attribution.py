@@ -111,9 +111,11 @@ def attribute_tick(
             hardware_s={rid: 0.0 for rid in weights},
             idle_j=energy_j,
         )
+    # The fraction first: with tiny weights, energy × w would lose precision before dividing.
+    fractions = {rid: w / total_weight for rid, w in weights.items()}
     return TickSplit(
-        shares_j={rid: energy_j * w / total_weight for rid, w in weights.items()},
-        hardware_s={rid: duration_s * w / total_weight for rid, w in weights.items()},
+        shares_j={rid: energy_j * f for rid, f in fractions.items()},
+        hardware_s={rid: duration_s * f for rid, f in fractions.items()},
         idle_j=0.0,
     )
 

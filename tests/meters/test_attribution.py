@@ -103,6 +103,15 @@ def test_invisible_request_weighs_its_overlap_at_the_visible_rate() -> None:
     assert split.shares_j == pytest.approx({"seen": 20.0, "hidden": 10.0})
 
 
+def test_a_neighbours_prefill_does_not_raise_the_rate_of_an_invisible_request() -> None:
+    # Visible: 100 prompt tokens (weight 10) and 10 output tokens; the hidden request is
+    # credited the visible decode rate only (10 per tick), not the prefill burst.
+    split = attribute_tick(
+        60.0, 0.1, [TickActivity("seen", 0.1, 100, 10), TickActivity("hidden", 0.1)], 0.1
+    )
+    assert split.shares_j == pytest.approx({"seen": 40.0, "hidden": 20.0})
+
+
 def test_with_nothing_visible_the_split_is_plain_time_share() -> None:
     split = attribute_tick(9.0, 0.1, [TickActivity("a", 0.1), TickActivity("b", 0.05)], 0.1)
     assert split.shares_j == pytest.approx({"a": 6.0, "b": 3.0})

@@ -90,8 +90,10 @@ def _exporters(
     for word in _words(raw):
         if word == "none":
             return [], True
-        if word == "otlp" or word == "console":
-            chosen.append(word)
+        if word == "otlp":
+            chosen.append("otlp")
+        elif word == "console":
+            chosen.append("console")
         elif word == "prometheus":
             continue  # always served at GET /metrics on the proxy's own port
         else:

@@ -419,8 +419,8 @@ def test_footprint_counters_sum_per_team_model_upstream_and_method(rig: Rig) -> 
             expected[key] = expected.get(key, 0.0) + getattr(footprint(energy_j, method), figure)
         assert sums == pytest.approx(expected), metric
     tokens = {
-        (p.attributes["footprint.team"], p.attributes["gen_ai.token.type"]): p.sum
-        for p in rig.points("gen_ai.client.token.usage")
+        (p.attributes["team"], p.attributes["gen_ai.token.type"]): p.value
+        for p in rig.points("footprint.tokens")
     }
     assert tokens == {
         ("search", "input"): 8,
@@ -428,6 +428,11 @@ def test_footprint_counters_sum_per_team_model_upstream_and_method(rig: Rig) -> 
         ("ads", "input"): 4,
         ("ads", "output"): 6,
     }
+    histogram: dict[str, float] = {}
+    for p in rig.points("gen_ai.client.token.usage"):
+        kind = p.attributes["gen_ai.token.type"]
+        histogram[kind] = histogram.get(kind, 0) + p.sum
+    assert histogram == {"input": 12, "output": 18}
     durations = rig.points("gen_ai.client.operation.duration")
     assert sum(p.count for p in durations) == 3
     assert all("error.type" not in p.attributes for p in durations)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -416,13 +417,15 @@ async def drive(
     base = f"http://127.0.0.1:{args.proxy_port}"
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base, timeout=120.0, limits=limits) as client:
-        # Warm-up: loads the relay's paths and measures the decode rate to size the requests.
-        warm = await send_chat(
-            client, request_id="gpuv-warm", phase="warmup", prompt=prompt_of(400, 0),
-            max_tokens=64, hooks=hooks,
-        )  # fmt: skip
-        if warm.error or warm.first_token_s is None:
-            raise RuntimeError(f"warm-up request failed: {warm.error or 'no tokens'}")
+        # Warm-up: the first request loads the relay's paths; the second measures the decode
+        # rate alone, which sizes the sequential requests.
+        for i, tokens in enumerate((32, 128)):
+            warm = await send_chat(
+                client, request_id=f"gpuv-warm-{i}", phase="warmup", prompt=prompt_of(400, i),
+                max_tokens=tokens, hooks=hooks,
+            )  # fmt: skip
+            if warm.error or warm.first_token_s is None:
+                raise RuntimeError(f"warm-up request failed: {warm.error or 'no tokens'}")
         rate = max(1.0, (warm.chunks - 1) / max(1e-3, warm.end_s - warm.first_token_s))
         room = args.max_len - plan.sequential_prompt_chars // 4 - 16
         sequential_tokens = int(min(room, max(32, rate * plan.sequential_target_s)))
@@ -575,6 +578,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -584,10 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy: ProxyThread | None = None
     poller: CounterPoller | None = None
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `timeout` still gets the report written
     try:
         import httpx
 
-        sys.path.insert(0, str(ROOT))
         from proxy.app import create_app
         from proxy.config import load_settings
 
@@ -622,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy_estimator = proxy.upstream.estimator
         estimators["proxy_estimator"] = lambda phase: proxy_estimator
         report.update(build_report(gpu, model, raw, poller, estimators, settings.metering.tick_s))
-    except Exception:
+    except (Exception, KeyboardInterrupt, SystemExit):
         report["errors"].append(traceback.format_exc())
     finally:
         if poller is not None:

@@ -36,6 +36,7 @@ PACKAGES=(
     annotated-types==0.8.0
     typing-inspection==0.4.5
     typing_extensions==4.16.0
+    annotated-doc==0.0.7
     orjson==3.13.0
     # the ledger
     SQLAlchemy==2.1.9

@@ -467,7 +467,7 @@ async def drive(
                     request_id=f"gpuv-par-{i:02d}",
                     phase="concurrent",
                     prompt=prompt_of(prompt_chars[i % 4], 100 + i),
-                    max_tokens=max(8, int(sequential_tokens * fractions[(i // 4) % 4])),
+                    max_tokens=max(8, int(sequential_tokens * fractions[(i + i // 4) % 4])),
                     hooks=hooks,
                 )
                 for i in range(plan.concurrent)

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -157,13 +158,19 @@ class LlamaModel:
 
     @torch.inference_mode()
     def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        length: int | None = None,
     ) -> torch.Tensor:
-        """tokens, positions: [B, T] (long); slots: [B] (long). Returns logits [B, vocab]."""
+        """tokens, positions: [B, T] (long); slots: [B] (long); `length`: the highest position
+        plus one (given by the caller, it saves a device sync). Returns logits [B, vocab]."""
         c = self.config
         batch, steps = tokens.shape
         kv = c.kv_heads * c.head_dim
-        length = int(positions.max().item()) + 1
+        if length is None:
+            length = int(positions.max().item()) + 1
         key_positions = torch.arange(length, device=self.device)
         # mask[b, 0, t, j]: key j is visible to query t of sequence b (causal, own slot only)
         mask = (key_positions[None, None, None, :] <= positions[:, None, :, None]).expand(
@@ -300,7 +307,7 @@ class Engine:
         tokens = torch.tensor([ids], device=model.device)
         positions = torch.arange(len(ids), device=model.device)[None, :]
         slots = torch.tensor([generation.slot], device=model.device)
-        token = int(model.forward(tokens, positions, slots).argmax(-1).item())
+        token = int(model.forward(tokens, positions, slots, len(ids)).argmax(-1).item())
         generation.position = len(ids)
         generation.last_token = token
         generation.generated = 1
@@ -325,7 +332,8 @@ class Engine:
             tokens = torch.tensor([[g.last_token] for g in live], device=model.device)
             positions = torch.tensor([[g.position] for g in live], device=model.device)
             slots = torch.tensor([g.slot for g in live], device=model.device)
-            next_tokens = model.forward(tokens, positions, slots).argmax(-1).tolist()
+            length = max(g.position for g in live) + 1
+            next_tokens = model.forward(tokens, positions, slots, length).argmax(-1).tolist()
             for generation, token in zip(live, next_tokens, strict=True):
                 generation.position += 1
                 generation.generated += 1
@@ -559,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default="random-llama-1b")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s workload %(levelname)s %(message)s")
+    # The engine thread holds the GIL between kernel launches; switch more often than the
+    # default 5 ms so the HTTP loop passes tokens on promptly.
+    sys.setswitchinterval(0.001)
     import uvicorn
 
     config = PRESETS[args.preset]

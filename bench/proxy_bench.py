@@ -632,9 +632,13 @@ def run_profile(args: argparse.Namespace) -> int:
         try:
             assert target.server is not None
             run_wrk(target.url, script, 3)  # warm-up
-            stem = out / f"profile-{args.target}{'-gil' if args.gil else ''}"
-            load = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32"]
-            load += [f"-d{args.duration + 2}s", "-s", str(script), target.url]
+            stem = out / f"profile-{args.target}-{args.load}{'-gil' if args.gil else ''}"
+            if args.load == "stream":  # phase c's load
+                load = ["taskset", "-c", LOAD_CORE, sys.executable, str(BENCH / "loadgen.py")]
+                load += ["stream", "--url", target.url, "--duration", str(args.duration + 2)]
+            else:  # phase a's load
+                load = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32"]
+                load += [f"-d{args.duration + 2}s", "-s", str(script), target.url]
             wrk = subprocess.Popen(load, stdout=subprocess.PIPE, text=True)
             spy = ["taskset", "-c", LOAD_CORE, py_spy, "record", "--pid", str(target.server.pid)]
             spy += ["--duration", str(args.duration), "--rate", str(args.rate), "--nonblocking"]
@@ -646,7 +650,7 @@ def run_profile(args: argparse.Namespace) -> int:
             )
             after = thread_cpu_s(target.server.pid)
             wrk_out, _ = wrk.communicate()
-            load_result = parse_wrk(wrk_out)
+            load_result = json.loads(wrk_out) if args.load == "stream" else parse_wrk(wrk_out)
             print(f"load during profile: {load_result}")
             print("CPU per thread during the profile (s):")
             for key, used in sorted(after.items(), key=lambda kv: -kv[1]):
@@ -737,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--rate", type=int, default=250, help="samples per second")
     profile.add_argument("--svg", action="store_true", help="also record a flame graph")
     profile.add_argument("--gil", action="store_true", help="sample only the GIL holder")
+    profile.add_argument(
+        "--load", choices=("wrk", "stream"), default="wrk", help="phase a's or phase c's load"
+    )
     serve = commands.add_parser("serve-footprint-aiohttp", help=argparse.SUPPRESS)
     serve.add_argument("config")
     summary = commands.add_parser("summarize", help="summarize a py-spy raw profile")

@@ -16,14 +16,14 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from meters.calibration import Calibrations
-from meters.estimate import Estimator
-from meters.intensity import ElectricityMapsProvider, GridIntensity, IntensityTable, TableIntensity
-from meters.meter import build_meter
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from meters import Hardware, SiteFactors
+from meters.calibration import Calibrations
+from meters.estimate import Estimator
+from meters.intensity import ElectricityMapsProvider, GridIntensity, IntensityTable, TableIntensity
+from meters.meter import build_meter
 from proxy.auth import Authenticator
 from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
@@ -145,11 +145,13 @@ def create_app(
         auth = Authenticator(ledger, settings.server.auth, admin_key)
         budgets = await open_budgets(settings.budgets, ledger)
         intensity = build_intensity(settings, intensity_transport)
-        tel = telemetry
-        if tel is None:
+        tel = telemetry or None
+        if telemetry is None:
             from proxy.telemetry import build_telemetry
 
             tel = build_telemetry(settings.telemetry, upstreams)
+        elif tel is not None:
+            tel.watch_upstreams(upstreams)
         services = Services(
             settings=settings,
             router=router,

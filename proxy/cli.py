@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,7 +11,6 @@ from proxy.config import ConfigError, Settings, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-
 
     settings = load_settings(args.config)
     if args.host or args.port is not None:
@@ -53,19 +51,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
+    from meters import MeterError
     from meters.estimate import offline_footprint
+    from meters.footprint import dumps_plain
 
-    result = offline_footprint(
-        args.model,
-        args.params_b,
-        args.input_tokens,
-        args.output_tokens,
-        args.zone,
-        pue=args.pue,
-        wue_l_per_kwh=args.wue,
-        accelerator=args.accelerator,
-    )
-    print(json.dumps(result, indent=2))
+    try:
+        result = offline_footprint(
+            args.model,
+            args.params_b,
+            args.input_tokens,
+            args.output_tokens,
+            args.zone,
+            pue=args.pue,
+            wue_l_per_kwh=args.wue,
+            accelerator=args.accelerator,
+        )
+    except MeterError as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 2
+    print(dumps_plain(result, indent=2))
     return 0
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import anyio
 import httpx
 import orjson
-from meters.footprint import compute_footprint, footprint_json, format_decimal
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from meters import Footprint, Measurement, RequestTrack
+from meters import Footprint, Measurement, MeterError, RequestTrack
+from meters.footprint import compute_footprint, footprint_json, format_decimal
 from proxy import sse
 from proxy.errors import (
     InvalidRequest,
@@ -81,6 +81,7 @@ class Call:
     response_model: str | None = None
     finish_reasons: list[str] = field(default_factory=list)
     overhead_ms: float = 0.0
+    settled: bool = False
     telemetry: Any = None  # the telemetry's per-request handle, if any
 
 
@@ -147,7 +148,8 @@ class Relay:
                 return await self._relay_stream(request, call, content, reservation)
             return await self._relay_whole(request, call, reservation)
         except BaseException:
-            await services.budgets.release(reservation)
+            if not call.settled:
+                await services.budgets.release(reservation)
             raise
 
     # ---- request checks ----------------------------------------------------------------
@@ -210,9 +212,19 @@ class Relay:
         assert upstream is not None
         prompt_tokens = approx_tokens(call.prompt_text)
         output_tokens = 0 if call.endpoint == "embeddings" else call.max_tokens
-        measurement = upstream.estimator.estimate(
-            call.model, prompt_tokens, output_tokens, math.inf
-        )
+        try:
+            measurement = upstream.estimator.estimate(
+                call.model, prompt_tokens, output_tokens, math.inf
+            )
+        except MeterError:
+            # A model of unknown size: only token and request budgets can be held for it.
+            return Usage(
+                energy_j=0.0,
+                co2e_g=0.0,
+                water_ml=0.0,
+                tokens=prompt_tokens + output_tokens,
+                requests=1,
+            )
         footprint = await self._footprint(upstream, measurement)
         return Usage(
             energy_j=footprint.energy_j,
@@ -302,9 +314,8 @@ class Relay:
             call.completion_tokens = _count_whole_output(answer)
         if call.prompt_tokens == 0:
             await self._count_prompt(call)
-        track.first_token(call.prompt_tokens)
-        if call.completion_tokens:
-            track.output_tokens(call.completion_tokens)
+        # No progress was visible while it ran, so the meter gives it the time share of each
+        # tick (methodology §2); the totals go to close() only.
         footprint, remaining = await self._close_and_record(call, track, reservation)
 
         headers = self._footprint_headers(call, footprint, remaining)
@@ -516,12 +527,18 @@ class Relay:
         budget. Runs once per request that reached an upstream, whatever its outcome."""
         upstream = call.upstream
         assert upstream is not None
-        measurement = await track.close(
-            prompt_tokens=call.prompt_tokens,
-            output_tokens=call.completion_tokens,
-            cancelled=call.cancelled,
-            latency_s=time.perf_counter() - call.started,
-        )
+        try:
+            measurement = await track.close(
+                prompt_tokens=call.prompt_tokens,
+                output_tokens=call.completion_tokens,
+                cancelled=call.cancelled,
+                latency_s=time.perf_counter() - call.started,
+            )
+        except MeterError as exc:
+            # Nothing measured it and nothing knows enough to estimate it (a model of unknown
+            # size): say so instead of inventing a figure, and still serve the request.
+            log.warning("request %s: no footprint: %s", call.request_id, exc)
+            measurement = Measurement(0.0, 0.0, 0.0, "estimated", f"unavailable: {exc}")
         footprint = await self._footprint(upstream, measurement)
         duration_s = time.perf_counter() - call.started
         overhead_ms = max(0.0, (duration_s - call.upstream_s) * 1000.0)
@@ -557,6 +574,7 @@ class Relay:
         )
         call.overhead_ms = overhead_ms
         await self.services.ledger.record(record)
+        call.settled = True
         remaining = await self.services.budgets.settle(
             reservation,
             Usage(
@@ -573,6 +591,7 @@ class Relay:
 
     def _footprint_object(self, call: Call, footprint: Footprint) -> dict[str, Any]:
         obj = footprint_json(footprint, call.request_id, call.prompt_tokens, call.completion_tokens)
+        obj["basis"] = footprint.basis
         if call.tokens_counted:
             obj["tokens_counted"] = True
         if call.cancelled:

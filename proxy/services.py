@@ -10,7 +10,6 @@ from proxy.config import Settings
 
 if TYPE_CHECKING:
     from meters.intensity import GridIntensity
-
     from proxy.auth import Authenticator
     from proxy.budgets import Budgets
     from proxy.ledger import Ledger

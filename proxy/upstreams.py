@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import httpx
 import orjson
-from meters.estimate import Estimator
 
 from meters import Hardware, RequestMeter, SiteFactors
+from meters.estimate import Estimator
 from proxy.config import UpstreamSettings
 
 log = logging.getLogger("footprint.upstreams")

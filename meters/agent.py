@@ -182,14 +182,17 @@ class EnergyAgent:
 def run_agent(
     host: str,
     port: int,
-    gpus: Sequence[int] = (0,),
+    gpus: Sequence[int] | None = None,
     nvml: ModuleType | None = None,
     *,
     tick_s: float = DEFAULT_TICK_S,
 ) -> None:
-    """Serve the local GPUs' energy counters until interrupted (the `footprint agent` command)."""
-    from meters.sources.nvml import NvmlSource
+    """Serve the local GPUs' energy counters until interrupted (the `footprint agent` command).
+    `gpus=None` serves every GPU NVML sees."""
+    from meters.sources.nvml import NvmlSource, visible_gpu_indices
 
+    if gpus is None:
+        gpus = visible_gpu_indices(nvml)
     source = NvmlSource(gpus, nvml=nvml)
     try:
         names = dict(zip(source.gpu_ids, source.gpu_names(), strict=True))

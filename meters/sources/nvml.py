@@ -209,3 +209,17 @@ class NvmlSource:
             if isinstance(error_class, type) and isinstance(exc, error_class):
                 return MeterError(f"nvml: {message}")
         return MeterError(f"nvml: {exc}")
+
+
+def visible_gpu_indices(nvml: ModuleType | None = None) -> list[int]:
+    """Indices of every GPU NVML sees on this host (for "all GPUs"). Blocking."""
+    source = NvmlSource((0,), nvml=nvml)
+    module = source._module()
+    try:
+        module.nvmlInit()
+        try:
+            return list(range(int(module.nvmlDeviceGetCount())))
+        finally:
+            module.nvmlShutdown()
+    except module.NVMLError as exc:
+        raise NvmlSource._translate(module, exc) from exc

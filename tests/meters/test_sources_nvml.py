@@ -115,3 +115,10 @@ def test_gpu_names_and_shutdown() -> None:
     source.close()
     with pytest.raises(fake.module.NVMLError_Uninitialized):  # type: ignore[attr-defined]
         fake.module.nvmlDeviceGetCount()  # type: ignore[attr-defined]
+
+
+def test_visible_gpu_indices_lists_every_gpu_for_the_agents_default() -> None:
+    from meters.sources.nvml import visible_gpu_indices
+    from tests.meters.fake_pynvml import FakeNvml
+
+    assert visible_gpu_indices(FakeNvml(gpus=3).module) == [0, 1, 2]

@@ -194,8 +194,8 @@ async def _send(
         ) as response:
             outcome.status = response.status_code
             outcome.headers = dict(response.headers)
-            chunks = [chunk async for chunk in response.aiter_raw()]
-            outcome.body = b"".join(chunks)
+            async for chunk in response.aiter_raw():
+                outcome.body += chunk  # kept as it comes: a cut stream keeps what arrived
     except httpx.HTTPError as exc:
         outcome.failure = f"{type(exc).__name__}: {exc}"
         return outcome
@@ -300,3 +300,139 @@ async def test_a_co2e_budget_holds_across_three_replicas_racing(deployment: Depl
     line = (await deployment.budget_lines(team))[("co2e_g", "total")]
     assert line["reserved"] == pytest.approx(0, abs=1e-12)
     assert line["used"] == pytest.approx(settled_g, rel=1e-9)
+
+
+async def test_a_replica_killed_under_load_loses_no_answered_request_and_doubles_none(
+    deployment: Deployment,
+) -> None:
+    team, _, key = await deployment.new_team("crash")
+    victim = deployment.replicas[2]
+    outcomes: list[Outcome] = []
+    enough_done = asyncio.Event()
+    # Slow answers (0.6 s), slow streams, quick streams: whatever is under way when the kill
+    # comes is cut wherever it is.
+    shapes = [_chat(False, "slow"), _chat(True, "slow"), _chat(True, "echo")]
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        outcome = await _send(client, victim.url, key, f"{team}-{i}", shapes[i % 3])
+        outcomes.append(outcome)
+        if sum(o.complete for o in outcomes) >= 6:
+            enough_done.set()
+
+    async with _client() as client:
+        tasks: list[asyncio.Task[None]] = []
+        while not enough_done.is_set():
+            tasks.append(asyncio.create_task(one(client, len(tasks))))
+            await asyncio.sleep(0.025)
+        # Ten more, given time to reach the upstream but not its 0.6 s answer: certainly in
+        # flight when the replica dies.
+        tasks += [asyncio.create_task(one(client, len(tasks) + j)) for j in range(10)]
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(victim.kill)
+        await asyncio.gather(*tasks)
+
+    complete = [o for o in outcomes if o.complete]
+    cut = [o for o in outcomes if not o.complete]
+    assert len(complete) >= 6
+    assert len(cut) >= 10, "the kill must have cut requests under way"
+    assert all(o.status in (None, 200) for o in outcomes), [o.status for o in outcomes]
+
+    await asyncio.to_thread(victim.start)
+
+    # Every answer a client received whole has its row, readable through the restarted
+    # replica with the team's key, and carrying what the client was told.
+    async with httpx.AsyncClient(
+        base_url=victim.url, headers={"authorization": f"Bearer {key}"}, timeout=30.0
+    ) as reader:
+        for outcome in complete:
+            answer = await reader.get(f"/v1/footprint/requests/{outcome.request_id}")
+            assert answer.status_code == 200, (outcome.request_id, answer.text)
+            row = answer.json()
+            told = outcome.footprint()
+            for name in ("energy_j", "co2e_g", "water_ml"):
+                assert row[name] == pytest.approx(float(told[name]), rel=1e-5)
+    counts = await deployment.row_counts([o.request_id for o in outcomes])
+    assert all(counts[o.request_id] == 1 for o in complete)
+    assert all(counts[o.request_id] in (0, 1) for o in cut)
+
+    # The clients that were cut off try again, same request id, on another replica: each gets
+    # its answer, and still no request has two rows.
+    async with _client() as client:
+        retried = await asyncio.gather(
+            *(
+                _send(client, deployment.replicas[0].url, key, o.request_id, shapes[i % 3])
+                for i, o in ((int(o.request_id.rsplit("-", 1)[1]), o) for o in cut)
+            )
+        )
+    assert all(o.complete for o in retried), [(o.request_id, o.status) for o in retried]
+    counts = await deployment.row_counts([o.request_id for o in outcomes])
+    assert set(counts.values()) == {1}
+    assert len(await deployment.rows(team)) == len(outcomes)
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_at_once_on_every_replica(
+    deployment: Deployment,
+) -> None:
+    team, key_id, key = await deployment.new_team("revoke")
+    async with _client() as client:
+        for replica in deployment.replicas:
+            before = await _send(client, replica.url, key, f"{team}-{replica.port}", _chat(False))
+            assert before.status == 200, before.body
+        async with deployment.admin(0) as admin:
+            assert (await admin.delete(f"/admin/keys/{key_id}")).status_code == 204
+        # No pause: the very next request on B and C (and A) is refused.
+        after = await asyncio.gather(
+            *(
+                _send(client, r.url, key, f"{team}-after-{r.port}", _chat(stream))
+                for r in deployment.replicas[1:] + deployment.replicas[:1]
+                for stream in (False, True)
+            )
+        )
+        for outcome in after:
+            assert outcome.status == 401, (outcome.request_id, outcome.status)
+            assert json.loads(outcome.body)["error"]["code"] == "invalid_api_key"
+        for replica in deployment.replicas:
+            usage = await client.get(
+                f"{replica.url}/v1/footprint/usage", headers={"authorization": f"Bearer {key}"}
+            )
+            assert usage.status_code == 401
+    assert len(await deployment.rows(team)) == len(deployment.replicas)
+
+
+def _rounding_bound(told: Decimal) -> Decimal:
+    """Half a unit in the last place of a figure written to 6 significant digits (digits left
+    of the point are all kept)."""
+    return Decimal(1).scaleb(min(told.adjusted() - 5, 0)) / 2
+
+
+async def test_usage_sums_equal_the_figures_clients_were_told(deployment: Deployment) -> None:
+    team, _, key = await deployment.new_team("usage")
+    urls = [r.url for r in deployment.replicas]
+    async with _client() as client:
+        outcomes = await asyncio.gather(
+            *(
+                _send(
+                    client,
+                    urls[i % 3],
+                    key,
+                    f"{team}-{i}",
+                    _chat(i % 2 == 1, "slow" if i % 5 == 0 else "echo", "word " * (1 + 7 * i)),
+                )
+                for i in range(30)
+            )
+        )
+        assert all(o.complete for o in outcomes), [(o.request_id, o.status) for o in outcomes]
+        answer = await client.get(
+            f"{urls[1]}/v1/footprint/usage",
+            params={"team": team},
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert answer.status_code == 200, answer.text
+    (usage,) = answer.json()["data"]
+    assert usage["requests"] == 30
+    told = [o.footprint() for o in outcomes]
+    for name in ("energy_j", "co2e_g", "water_ml"):
+        total = sum(t[name] for t in told)
+        bound = sum(_rounding_bound(t[name]) for t in told)
+        assert total > 0
+        assert abs(Decimal(repr(usage[name])) - total) <= bound * (1 + Decimal("1e-9")), name

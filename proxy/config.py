@@ -155,6 +155,9 @@ class UpstreamSettings(_Section):
     # Where the upstream's own tokenizer answers (llama.cpp server: /extras/tokenize), used to
     # count prompt tokens when the upstream streams no usage.
     tokenize_url: str = ""
+    # Send the request id on as `x-request-id`. llama-cpp-python's server answers 400 to any
+    # x-request-id that is not a UUID, so turn this off in front of it.
+    forward_request_id: bool = True
     meter: MeterSettings = Field(default_factory=MeterSettings)
     hardware: HardwareSettings = Field(default_factory=HardwareSettings)
 

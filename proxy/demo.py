@@ -28,6 +28,7 @@ def demo_settings(proxy_port: int, model_port: int) -> Settings:
                     "base_url": f"{base}/v1",
                     "models": [localmodel.MODEL_ALIAS],
                     "tokenize_url": f"{base}/extras/tokenize",
+                    "forward_request_id": False,
                     "zone": "WORLD",
                     "meter": {"kind": "estimate"},
                     "hardware": {

@@ -238,7 +238,9 @@ class Relay:
 
     def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
         assert call.upstream is not None
-        headers = {"content-type": "application/json", "x-request-id": call.request_id}
+        headers = {"content-type": "application/json"}
+        if call.upstream.settings.forward_request_id:
+            headers["x-request-id"] = call.request_id
         for name in _FORWARDED_HEADERS:
             value = request.headers.get(name)
             if value is not None:

@@ -47,7 +47,11 @@ def test_streaming_chat_arrives_incrementally_with_counted_usage(
     llama_proxy: ServerThread, llama_server: str
 ) -> None:
     stream = sync_client(llama_proxy).chat.completions.create(
-        model=MODEL_ALIAS, messages=PROMPT, max_tokens=24, temperature=0, stream=True,
+        model=MODEL_ALIAS,
+        messages=PROMPT,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     arrivals: list[float] = []
@@ -80,8 +84,7 @@ def test_streaming_chat_arrives_incrementally_with_counted_usage(
 
 
 async def test_async_client_streaming_and_not(llama_proxy: ServerThread) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{llama_proxy.url}/v1", api_key="none",
-                                max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{llama_proxy.url}/v1", api_key="none", max_retries=0)
     answer = await client.chat.completions.create(
         model=MODEL_ALIAS, messages=PROMPT, max_tokens=8, temperature=0
     )
@@ -102,7 +105,10 @@ def test_models_lists_the_local_model(llama_proxy: ServerThread) -> None:
 def test_demo_command_runs_once(tmp_path: object) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "demo", "--once", "--port", "0"],
-        capture_output=True, text=True, timeout=240, cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "x-footprint-method: estimated" in result.stdout

@@ -20,6 +20,7 @@ import orjson
 from meters import Hardware, RequestMeter, SiteFactors
 from meters.estimate import Estimator
 from proxy.config import UpstreamSettings
+from proxy.transport import AiohttpTransport
 
 log = logging.getLogger("footprint.upstreams")
 
@@ -100,7 +101,8 @@ def build_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """One pooled client per upstream; the upstream's credential is injected here and never
-    travels back to a client."""
+    travels back to a client. Its connections are aiohttp's pool (`proxy.transport`) unless
+    a `transport` is given (tests pass an ASGI or mock one)."""
     headers: dict[str, str] = {}
     if settings.api_key_env:
         key = os.environ.get(settings.api_key_env, "")
@@ -112,6 +114,11 @@ def build_client(
                 settings.name,
                 settings.api_key_env,
             )
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_connections,
+        keepalive_expiry=30.0,
+    )
     return httpx.AsyncClient(
         base_url=settings.base_url,
         headers=headers,
@@ -121,12 +128,8 @@ def build_client(
             write=settings.read_timeout_s,
             pool=settings.connect_timeout_s,
         ),
-        limits=httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-            keepalive_expiry=30.0,
-        ),
-        transport=transport,
+        limits=limits,
+        transport=transport if transport is not None else AiohttpTransport(limits),
         follow_redirects=False,
     )
 

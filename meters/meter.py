@@ -196,7 +196,7 @@ class _MeasuredTrack:
         self._sampler.request_ended(self._request_id, end_s)
         failed: str | None = None
         try:
-            await asyncio.to_thread(self._sampler.sample_now, not_before_s=end_s)
+            await self._sampler.read_early()
         except MeterError as exc:
             failed = str(exc)
         finally:

@@ -1,12 +1,16 @@
 """Reads an energy source on a fixed tick and feeds the attribution (methodology §1–2).
 
-The source is read on the sampler's own daemon thread (NVML and scrapes block), and on demand
-through `sample_now` to close a request's last tick early; async code calls that through
-`asyncio.to_thread`. Request events come from the event loop and only take a short lock.
+The source is read on the sampler's own daemon thread (NVML and scrapes block): on its tick,
+and early when a request ends, so its last tick closes without waiting for the next one
+(`read_early`, awaited on the event loop). Early reads coalesce: the thread takes every request
+that asked since its last read, reads the source once for all of them, and wakes each asking
+event loop with one `call_soon_threadsafe`. No request pays a thread-pool hop, and a burst of
+ends costs one read. Request events come from the event loop and only take a short lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -19,6 +23,9 @@ from meters.types import MeterError
 logger = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 0.1  # the GPU counter moves about every 100 ms; shorter buys nothing (§1)
+
+# Requests waiting for an early read: the event loop each awaits on, and its future.
+_Waiters = list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
 
 
 class Sampler:
@@ -40,7 +47,11 @@ class Sampler:
         self._clock = clock
         self._lock = threading.Lock()  # guards the attributor and the health fields
         self._read_lock = threading.Lock()  # one source read (and its feed) at a time
-        self._stop = threading.Event()
+        # Guards the waiting early reads and whether the thread takes more; wakes the thread.
+        self._wake = threading.Condition(threading.Lock())
+        self._waiters: _Waiters = []
+        self._accepting = False  # the thread is running and will serve new waiters
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_sample: EnergySample | None = None
         self._previous_sample: EnergySample | None = None
@@ -48,6 +59,8 @@ class Sampler:
         self.consecutive_failures = 0
         self.failures_total = 0
         self.reads_total = 0
+        self.early_reads_total = 0  # reads the thread took for waiting requests
+        self.early_waiters_total = 0  # requests those reads served
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -55,15 +68,22 @@ class Sampler:
         """Start the sampling thread (idempotent). The first read happens on that thread."""
         if self._thread is not None and self._thread.is_alive():
             return
-        self._stop.clear()
+        with self._wake:
+            self._stopping = False
+            self._accepting = True
         self._thread = threading.Thread(
             target=self._run, name=f"footprint-sampler-{self.source.name}", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and wait for it (blocking: call it off the event loop)."""
-        self._stop.set()
+        """Stop the thread and wait for it (blocking: call it off the event loop).
+
+        Early reads still waiting are served by one last read before the thread ends.
+        """
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -98,23 +118,79 @@ class Sampler:
                 self.consecutive_failures = 0
                 self.reads_total += 1
 
+    async def read_early(self) -> None:
+        """Have the source read and the tick closed now, without waiting for the next tick.
+
+        Call it after `request_ended`: the read happens after this call, so it covers the end.
+        The sampler thread reads once for every request that asked since its last read; the
+        event loop never blocks. Raises `MeterError` when that read failed, whatever the cause.
+        When the thread is not running, the read runs in a worker thread instead.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._wake:
+            accepted = self._accepting
+            if accepted:
+                self._waiters.append((loop, future))
+                self._wake.notify()
+        if not accepted:
+            await asyncio.to_thread(self._read_for_waiters)
+            return
+        await future
+
     def _run(self) -> None:
         next_s = self._clock()
-        while not self._stop.is_set():
-            try:
-                self.sample_now()
-            except MeterError as exc:
-                logger.warning("energy source %s failed: %s", self.source.name, exc)
-            except Exception as exc:
-                # A bug in a source must not kill metering silently: log it, count it, go on.
-                logger.exception("energy source %s raised unexpectedly", self.source.name)
-                self._record_failure(f"{type(exc).__name__}: {exc}")
-            next_s += self.tick_s
-            delay_s = next_s - self._clock()
-            if delay_s < 0.0:
-                next_s = self._clock()  # fell behind: skip the missed ticks
-                delay_s = 0.0
-            self._stop.wait(delay_s)
+        try:
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._waiters:
+                        delay_s = next_s - self._clock()
+                        if delay_s <= 0.0:
+                            break
+                        self._wake.wait(delay_s)
+                    stopping = self._stopping
+                    if stopping:
+                        self._accepting = False  # what is waiting now is the last batch
+                    waiters, self._waiters = self._waiters, []
+                if stopping and not waiters:
+                    return
+                tick_due = self._clock() >= next_s
+                error = self._read_logged()
+                if waiters:
+                    self.early_reads_total += 1
+                    self.early_waiters_total += len(waiters)
+                    _answer(waiters, error)
+                if stopping:
+                    return
+                if tick_due:
+                    next_s += self.tick_s
+                    if next_s < self._clock():
+                        next_s = self._clock()  # fell behind: skip the missed ticks
+        finally:
+            with self._wake:
+                self._accepting = False
+                waiters, self._waiters = self._waiters, []
+            _answer(waiters, "the sampler stopped before reading")
+
+    def _read_for_waiters(self) -> None:
+        error = self._read_logged()
+        if error is not None:
+            raise MeterError(error)
+
+    def _read_logged(self) -> str | None:
+        """One read; what failed, or None. Never raises: the thread must go on."""
+        try:
+            self.sample_now()
+        except MeterError as exc:
+            logger.warning("energy source %s failed: %s", self.source.name, exc)
+            return str(exc)
+        except Exception as exc:
+            # A bug in a source must not kill metering silently: log it, count it, go on.
+            logger.exception("energy source %s raised unexpectedly", self.source.name)
+            message = f"{type(exc).__name__}: {exc}"
+            self._record_failure(message)
+            return message
+        return None
 
     def _record_failure(self, message: str) -> None:
         with self._lock:
@@ -180,3 +256,26 @@ class Sampler:
         """Remove the request and return its totals (check `settled`)."""
         with self._lock:
             return self._attributor.pop(request_id)
+
+
+def _answer(waiters: _Waiters, error: str | None) -> None:
+    """Wake every waiting request with the read's outcome: one callback per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for loop, future in waiters:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_futures, futures, error)
+        except RuntimeError:
+            # That loop is closed: nobody is left to wake, and the read itself counted.
+            logger.debug("an early read's event loop closed before it was answered")
+
+
+def _settle_futures(futures: list[asyncio.Future[None]], error: str | None) -> None:
+    for future in futures:
+        if future.done():
+            continue  # the request was cancelled while it waited
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(MeterError(error))

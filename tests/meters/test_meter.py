@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ import pytest
 
 from meters import Hardware, Measurement
 from meters.meter import EstimatedMeter, MeasuredMeter, build_meter
+from meters.sources.base import EnergySample
+from meters.sources.nvml import NvmlSource
 from tests.meters.fake_pynvml import FakeNvml, ManualClock
 
 ALPHA = 0.1
@@ -386,3 +389,84 @@ def test_unknown_kinds_and_missing_urls_are_refused() -> None:
         build_meter("rapl", hardware=Hardware(), fallback=estimator.estimate)
     with pytest.raises(ValueError, match="url"):
         build_meter("prometheus", hardware=Hardware(), fallback=estimator.estimate)
+
+
+class HeldSource:
+    """Wraps a source; once `hold` is set, reads wait for `release` after reading the
+    counters (a slow GPU read: requests end after its time stamp and before it returns)."""
+
+    def __init__(self, inner: NvmlSource) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.held = threading.Event()  # a read is waiting for `release`
+
+    def read(self) -> EnergySample:
+        sample = self.inner.read()
+        if self.hold.is_set():
+            self.held.set()
+            self.release.wait(10.0)
+        return sample
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SteppingClock:
+    """The manual clock plus a nanosecond more at every call: every end is later than the
+    last read, as on a real clock, while the fake GPU's time stands still."""
+
+    def __init__(self, manual: ManualClock) -> None:
+        self.manual = manual
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.manual() + self.calls * 1e-9
+
+
+async def test_a_burst_of_ends_shares_reads_and_every_request_stays_measured() -> None:
+    manual = ManualClock()
+    clock = SteppingClock(manual)
+    fake = FakeNvml(idle_w=100.0, j_per_token=1.0, clock=manual)
+    source = HeldSource(NvmlSource((0,), nvml=fake.module, clock=clock))
+    estimator = Estimator()
+    meter = MeasuredMeter(
+        source, fallback=estimator.estimate, tick_s=3600.0, alpha=ALPHA, clock=clock
+    )
+    meter.start()
+    await wait_until(lambda: meter.healthy)
+    rids = [f"r{i}" for i in range(32)]
+    tracks = {}
+    for rid in rids:
+        fake.request_started(rid)
+        tracks[rid] = meter.open(rid, "m")
+    manual.advance(0.5)
+    for rid in rids:
+        fake.token(rid, 5)
+        tracks[rid].output_tokens(5)
+        fake.request_ended(rid)
+    reads_before = len(fake.reads)
+    source.hold.set()  # the first end's read is slow; the other 31 ends arrive meanwhile
+
+    async def close(rid: str) -> Measurement:
+        return await tracks[rid].close(
+            prompt_tokens=0, output_tokens=5, cancelled=False, latency_s=0.5
+        )
+
+    first = asyncio.ensure_future(close(rids[0]))
+    await asyncio.to_thread(source.held.wait, 10.0)
+    rest = [asyncio.ensure_future(close(rid)) for rid in rids[1:]]
+    await asyncio.sleep(0)
+    source.release.set()
+    measurements = await asyncio.wait_for(asyncio.gather(first, *rest), 10.0)
+    await meter.aclose()
+
+    assert all(m.method == "measured" for m in measurements)
+    assert len(fake.reads) - reads_before <= 2  # two reads served 32 ends
+    for rid, measurement in zip(rids, measurements, strict=True):
+        assert measurement.gpu_energy_j == pytest.approx(fake.true_energy_j(rid), rel=1e-6)
+    counter_j = (fake.reads[-1][2] - fake.reads[0][2]) / 1000.0
+    total_j = sum(m.gpu_energy_j for m in measurements) + meter.idle_energy_j
+    assert total_j == pytest.approx(counter_j, rel=1e-9)

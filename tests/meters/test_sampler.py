@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -128,3 +129,114 @@ def test_a_source_bug_does_not_kill_the_thread() -> None:
 def test_tick_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Sampler(ScriptedSource(time.monotonic), Attributor(0.1), tick_s=0.0)
+
+
+# -- early reads: on the sampler thread, coalesced --------------------------------------
+
+
+class GatedSource(ScriptedSource):
+    """A ScriptedSource whose reads after the first wait for `gate`, noting their thread."""
+
+    def __init__(self, clock: Callable[[], float], power_w: float = 100.0) -> None:
+        super().__init__(clock, power_w)
+        self.gate = threading.Event()
+        self.reading = threading.Event()  # a gated read has begun
+        self.read_threads: list[str] = []
+
+    def read(self) -> EnergySample:
+        self.read_threads.append(threading.current_thread().name)
+        if self.reads >= 1:
+            self.reading.set()
+            self.gate.wait(10.0)
+        return super().read()
+
+
+async def test_early_reads_run_on_the_sampler_thread_and_coalesce() -> None:
+    clock = ManualClock()
+    source = GatedSource(clock, power_w=100.0)
+    # A tick far longer than the test: every read after the first is an early one.
+    sampler = Sampler(source, Attributor(0.1), tick_s=3600.0, clock=clock)
+    sampler.start()
+    await asyncio.to_thread(wait_until, lambda: sampler.healthy)
+    for rid in ("first", *(f"r{i}" for i in range(20))):
+        sampler.request_started(rid, clock())
+    clock.advance(1.0)
+    sampler.request_ended("first", clock())
+    first = asyncio.ensure_future(sampler.read_early())
+    await asyncio.to_thread(source.reading.wait, 10.0)  # that read is under way
+    for i in range(20):
+        sampler.request_ended(f"r{i}", clock())
+    rest = [asyncio.ensure_future(sampler.read_early()) for _ in range(20)]
+    await asyncio.sleep(0)  # every early read is now waiting on the thread
+    source.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 10.0)
+    await asyncio.to_thread(sampler.stop)
+
+    # the 20 requests that ended during the first read shared one read after it
+    assert source.reads == 3
+    assert sampler.early_reads_total == 2 and sampler.early_waiters_total == 21
+    assert set(source.read_threads) == {"footprint-sampler-scripted"}
+    shares = [sampler.pop(rid) for rid in ("first", *(f"r{i}" for i in range(20)))]
+    assert all(s is not None and s.settled for s in shares)
+    # one second at 100 W, shared by 21 requests in flight; nothing left over
+    assert sum(s.energy_j for s in shares if s is not None) == pytest.approx(100.0)
+    assert sampler.idle_energy_j == 0.0
+
+
+async def test_a_failed_early_read_raises_meter_error_for_every_waiter() -> None:
+    clock = ManualClock()
+    source = ScriptedSource(clock)
+    sampler = Sampler(source, Attributor(0.1), tick_s=3600.0, clock=clock)
+    sampler.start()
+    await asyncio.to_thread(wait_until, lambda: sampler.healthy)
+    source.failure = MeterError("nvml: GPU is lost")
+    results = await asyncio.gather(
+        *(sampler.read_early() for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, MeterError) for r in results)
+    assert str(results[0]) == "nvml: GPU is lost"
+    # a bug in the source is a MeterError to the waiter too, and the thread goes on
+    source.failure = RuntimeError("bug in a source")
+    with pytest.raises(MeterError, match="RuntimeError: bug in a source"):
+        await sampler.read_early()
+    assert sampler.running and not sampler.healthy
+    source.failure = None
+    clock.advance(0.1)
+    await sampler.read_early()
+    assert sampler.healthy
+    await asyncio.to_thread(sampler.stop)
+
+
+async def test_an_early_read_without_the_thread_reads_off_the_loop() -> None:
+    clock = ManualClock()
+    source = GatedSource(clock)
+    source.gate.set()
+    sampler = Sampler(source, Attributor(0.1), clock=clock)
+    await sampler.read_early()  # never started
+    sampler.start()
+    await asyncio.to_thread(wait_until, lambda: sampler.reads_total >= 2)
+    await asyncio.to_thread(sampler.stop)
+    clock.advance(0.1)
+    await sampler.read_early()  # stopped
+    assert sampler.reads_total == 3
+    loop_thread = threading.current_thread().name
+    assert loop_thread not in source.read_threads
+    assert not sampler.running
+
+
+async def test_stopping_answers_the_early_reads_still_waiting() -> None:
+    clock = ManualClock()
+    source = GatedSource(clock)
+    sampler = Sampler(source, Attributor(0.1), tick_s=3600.0, clock=clock)
+    sampler.start()
+    await asyncio.to_thread(wait_until, lambda: sampler.healthy)
+    clock.advance(0.5)
+    waiting = asyncio.ensure_future(sampler.read_early())
+    await asyncio.to_thread(source.reading.wait, 10.0)
+    stopping = asyncio.ensure_future(asyncio.to_thread(sampler.stop))
+    late = asyncio.ensure_future(sampler.read_early())  # asked while the thread stops
+    await asyncio.sleep(0)
+    source.gate.set()
+    await asyncio.wait_for(asyncio.gather(waiting, late, stopping), 10.0)
+    assert not sampler.running
+    assert sampler.healthy

@@ -23,7 +23,7 @@ from types import ModuleType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from meters.attribution import Attributor
-from meters.meter import build_meter
+from meters.meter import MeasuredMeter, build_meter
 from meters.sampler import Sampler
 from meters.sources.nvml import NvmlSource
 from meters.types import Hardware, Measurement
@@ -109,10 +109,11 @@ def attribution_cpu(ticks: int = 3000, life_ticks: int = 50, tokens_per_tick: in
 
 async def close_latency(
     kind: str, real: bool, concurrency: int, requests: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Wall time of track.close(), p50 and p99 in seconds, with `concurrency` streams in
-    flight on one event loop. For nvml that is the early read off the loop plus the split;
-    `estimate` is the baseline: a close that returns at once, under the same load."""
+    flight on one event loop, and the closes per early read of the counter. For nvml that is
+    the early read on the sampler thread plus the split; `estimate` is the baseline: a close
+    that returns at once, under the same load."""
 
     def fallback(model: str, prompt: int, output: int, latency_s: float) -> Measurement:
         if kind == "nvml":
@@ -149,24 +150,50 @@ async def close_latency(
             await one(index)
 
     await asyncio.gather(*(limited(i) for i in range(requests)))
+    closes_per_read = 0.0
+    if isinstance(meter, MeasuredMeter):
+        sampler = meter._sampler
+        closes_per_read = sampler.early_waiters_total / max(sampler.early_reads_total, 1)
     await meter.aclose()
     latencies.sort()
-    return statistics.median(latencies), latencies[max(0, int(len(latencies) * 0.99) - 1)]
+    p99_s = latencies[max(0, int(len(latencies) * 0.99) - 1)]
+    return statistics.median(latencies), p99_s, closes_per_read
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real", action="store_true", help="read the real NVML (GPU host)")
+    parser.add_argument(
+        "--close-only", action="store_true", help="only the close() latency (about 25 s)"
+    )
     args = parser.parse_args()
     nvml = "real NVML" if args.real else "fake pynvml (Python)"
     print(f"metering cost, tick {TICK_S * 1000:.0f} ms, {nvml}, Python {sys.version.split()[0]}")
     print(f"{'measure':<58} {'value':>14}")
+    if not args.close_only:
+        sampler_and_attribution(args.real)
+    for concurrency in (1, STREAMS):
+        for kind in ("estimate", "nvml"):
+            requests = 100 if concurrency == 1 else 640
+            p50_s, p99_s, per_read = asyncio.run(
+                close_latency(kind, args.real, concurrency, requests)
+            )
+            label = f"close() wall, {kind}, {concurrency} stream(s) in flight"
+            print(f"{label + ': p50':<58} {p50_s * 1e3:>11.3f} ms")
+            print(f"{label + ': p99':<58} {p99_s * 1e3:>11.3f} ms")
+            if kind == "nvml":
+                print(f"{label + ': closes per read':<58} {per_read:>14.2f}")
+    print(f"(threads alive at exit: {threading.active_count()})")
+
+
+def sampler_and_attribution(real: bool) -> None:
+    """Print the sampler's CPU per read and at 10 Hz, and attribution's CPU per request."""
     for gpus in (1, 8):
-        per_read_s, share = sampler_cpu(gpus, args.real)
+        per_read_s, share = sampler_cpu(gpus, real)
         print(f"{f'sampler read, {gpus} GPU(s): CPU per read':<58} {per_read_s * 1e6:>11.1f} µs")
         print(f"{f'sampler at 10 Hz, {gpus} GPU(s): share of a core':<58} {share * 100:>12.3f} %")
         print(f"{'  per GPU':<58} {share / gpus * 100:>12.3f} %")
-    thread_share = sampler_thread_cpu(8, args.real)
+    thread_share = sampler_thread_cpu(8, real)
     print(
         f"{'sampler thread running, 8 GPUs, process CPU share':<58} {thread_share * 100:>12.3f} %"
     )
@@ -174,14 +201,6 @@ def main() -> None:
     print(
         f"{f'attribution CPU per request, {STREAMS} streams':<58} {per_request_s * 1e6:>11.1f} µs"
     )
-    for concurrency in (1, STREAMS):
-        for kind in ("estimate", "nvml"):
-            requests = 100 if concurrency == 1 else 640
-            p50_s, p99_s = asyncio.run(close_latency(kind, args.real, concurrency, requests))
-            label = f"close() wall, {kind}, {concurrency} stream(s) in flight"
-            print(f"{label + ': p50':<58} {p50_s * 1e3:>11.3f} ms")
-            print(f"{label + ': p99':<58} {p99_s * 1e3:>11.3f} ms")
-    print(f"(threads alive at exit: {threading.active_count()})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 import orjson
 
@@ -97,15 +96,28 @@ def format_decimal(value: float, significant: int = SIGNIFICANT_DIGITS) -> str:
         raise ValueError(f"not a finite number: {value}")
     if value == 0:
         return "0"
-    with localcontext() as context:
-        context.prec = 400  # room for every digit of any finite float
-        number = Decimal(repr(float(value)))
-        last_digit = number.adjusted() - (significant - 1)
-        number = number.quantize(Decimal(1).scaleb(min(last_digit, 0)), rounding=ROUND_HALF_EVEN)
-        text = format(number, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    # The shortest decimal that reads back as `value` (its repr), as coefficient · 10^exponent,
+    # rounded half-even at the last significant digit kept: integer arithmetic, exact.
+    text = repr(abs(float(value)))
+    mantissa, _, exp_text = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    coefficient = int(whole + fraction)
+    exponent = (int(exp_text) if exp_text else 0) - len(fraction)
+    keep = min(len(str(coefficient)) - 1 + exponent - (significant - 1), 0)
+    if exponent < keep:
+        unit = 10 ** (keep - exponent)
+        coefficient, rest = divmod(coefficient, unit)
+        if rest * 2 > unit or (rest * 2 == unit and coefficient % 2):
+            coefficient += 1
+        exponent = keep
+    sign = "-" if value < 0 else ""
+    if coefficient == 0:
+        return "0"
+    if exponent >= 0:
+        return sign + str(coefficient) + "0" * exponent
+    digits = str(coefficient).rjust(1 - exponent, "0")
+    fraction = digits[exponent:].rstrip("0")
+    return sign + digits[:exponent] + ("." + fraction if fraction else "")
 
 
 def _round(value: float) -> float:

@@ -6,6 +6,7 @@ a fake pynvml module, a local intensity server) instead of patching globals.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -195,7 +196,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        **_no_native_telemetry(),
     )
+    app.router.routes.extend(openai.relay_routes())  # the hot path, matched first
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin_router)
@@ -206,6 +209,16 @@ def create_app(
         app.include_router(metrics_router)
     _install_error_handlers(app)
     return app
+
+
+def _no_native_telemetry() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry off (where this FastAPI has it): Footprint's telemetry
+    makes the request spans and metrics, and FastAPI's would look up the global providers on
+    every request only to double them if someone configured them."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    return {"telemetry": {**off, "auto_configure": False}}
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -247,8 +247,7 @@ class Relay:
                 headers[name] = value
         if call.telemetry is not None:
             self.services.telemetry.inject(call.telemetry, headers)
-        path = ENDPOINTS[call.endpoint][0]
-        return call.upstream.client.build_request("POST", path, content=content, headers=headers)
+        return call.upstream.post_request(ENDPOINTS[call.endpoint][0], content, headers)
 
     async def _send(self, call: Call, upstream_request: httpx.Request) -> httpx.Response:
         assert call.upstream is not None

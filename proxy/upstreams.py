@@ -11,7 +11,7 @@ import fnmatch
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -36,6 +36,8 @@ class Upstream:
     hardware: Hardware
     estimator: Estimator
     _model_cache: tuple[float, list[dict[str, object]]] | None = field(default=None, repr=False)
+    _post_urls: dict[str, httpx.URL] = field(default_factory=dict, repr=False)
+    _post_base: tuple[dict[str, str], dict[str, object]] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -51,6 +53,27 @@ class Upstream:
     @property
     def host(self) -> str:
         return httpx.URL(self.settings.base_url).host
+
+    def post_request(self, path: str, content: bytes, headers: Mapping[str, str]) -> httpx.Request:
+        """A POST of `content` to `path` under the upstream's base URL, for `client.send`:
+        what `client.build_request` makes (the client's headers, then `headers`, lower-case
+        names; the client's timeouts), with the URL and the client's headers worked out once
+        rather than on every request. The client's cookie jar is not sent: cookies set by the
+        upstream for one caller are no business of the next."""
+        url = self._post_urls.get(path)
+        if url is None:
+            url = self._post_urls[path] = self.client.build_request("POST", path).url
+        if self._post_base is None:
+            self._post_base = (
+                dict(self.client.headers.items()),
+                {"timeout": self.client.timeout.as_dict()},
+            )
+        base_headers, extensions = self._post_base
+        merged = base_headers.copy()
+        merged.update(headers)
+        return httpx.Request(
+            "POST", url, content=content, headers=merged, extensions=dict(extensions)
+        )
 
     def serves_exactly(self, model: str) -> bool:
         return any(p == model for p in self.settings.models if not _is_pattern(p))

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from proxy.errors import ProxyError
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     return await request.app.state.relay.handle(request, "chat.completions")
 
 
-@router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     return await request.app.state.relay.handle(request, "completions")
 
 
-@router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     return await request.app.state.relay.handle(request, "embeddings")
+
+
+def relay_routes() -> list[BaseRoute]:
+    """The three relayed POST routes as plain Starlette routes: they take the bare request,
+    so FastAPI's per-route dependency and response machinery has nothing to do for them;
+    registered ahead of every router, they are also the first routes matched."""
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+    ]
 
 
 @router.get("/v1/models")

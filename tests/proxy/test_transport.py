@@ -13,7 +13,9 @@ import httpx
 import orjson
 import pytest
 
+from proxy.config import UpstreamSettings
 from proxy.transport import AiohttpTransport
+from proxy.upstreams import build_client
 from tests.support.servers import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -282,3 +284,36 @@ async def test_max_connections_bounds_the_pool() -> None:
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
+
+
+async def test_upstream_client_sends_no_cookie_an_upstream_set() -> None:
+    """build_client's client (on this transport by default) keeps no cookies: one caller's
+    Set-Cookie from the upstream must never reach the upstream again with another caller."""
+    cookies_sent: list[bytes | None] = []
+
+    async def sets_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await read_head(reader)
+            except asyncio.IncompleteReadError:
+                break
+            lines = request.partition(b"\r\n\r\n")[0].split(b"\r\n")
+            found = [
+                line.partition(b":")[2].strip()
+                for line in lines
+                if line.lower().startswith(b"cookie:")
+            ]
+            cookies_sent.append(found[0] if found else None)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nset-cookie: session=caller-a; Path=/\r\n"
+                b"content-length: 2\r\n\r\n{}"
+            )
+            await writer.drain()
+        writer.close()
+
+    async with raw_server(sets_cookie) as url:
+        settings = UpstreamSettings(name="u", base_url=f"{url}/v1", models=["*"])
+        async with build_client(settings) as http:
+            for _ in range(2):
+                assert (await http.post("/chat/completions", content=b"{}")).status_code == 200
+    assert cookies_sent == [None, None]

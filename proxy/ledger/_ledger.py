@@ -12,9 +12,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.config import LedgerSettings
-from proxy.ledger._engine import build_engine, migrate
+from proxy.ledger._engine import build_engine, migrate, sqlite_target
 from proxy.ledger._records import LedgerRecord, as_utc, row_to_json
 from proxy.ledger._schema import idle, requests
+from proxy.ledger._sqlite_writer import SQLiteBatchWriter
 from proxy.ledger._store import Store
 from proxy.ledger._usage import GROUP_KEYS, IdleInterval, aggregate, split_idle_by_day
 from proxy.ledger._writer import GroupCommitWriter
@@ -41,13 +42,21 @@ class Ledger(Store):
         self, engine: AsyncEngine, settings: LedgerSettings, revocation_file: Path | None
     ) -> None:
         super().__init__(engine, revocation_file)
-        self._writer = GroupCommitWriter(
-            engine,
-            self._insert_batch,
-            max_rows=settings.batch_max_rows,
-            max_delay_s=settings.batch_max_delay_ms / 1000.0,
-        )
         dialect = engine.dialect.name
+        target = sqlite_target(settings.url)
+        self._writer: GroupCommitWriter | SQLiteBatchWriter
+        if target is not None:
+            self._writer = SQLiteBatchWriter(
+                target.database, target.synchronous, max_rows=settings.batch_max_rows
+            )
+        else:
+            self._writer = GroupCommitWriter(
+                engine,
+                self._insert_batch,
+                max_rows=settings.batch_max_rows,
+                max_delay_s=settings.batch_max_delay_ms / 1000.0,
+                autocommit=dialect == "postgresql",
+            )
         self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(requests)
         self._insert = self._insert.on_conflict_do_nothing(index_elements=["request_id"])
 
@@ -76,7 +85,11 @@ class Ledger(Store):
 
     async def record(self, record: LedgerRecord) -> None:
         """Store `record`; returns once it is committed. Idempotent on request_id: a second
-        record with the same id leaves the first as it was. Raises LedgerWriteError."""
+        record with the same id leaves the first as it was. Raises LedgerWriteError.
+
+        Rows are group-committed: on a SQLite file by a writer thread (one thread hop and one
+        commit per batch; see `SQLiteTarget` for what the `synchronous` level promises), on
+        PostgreSQL by one pipelined, atomic `executemany` per batch."""
         await self._writer.submit(record.to_row())
 
     async def record_idle(
@@ -232,8 +245,8 @@ class Ledger(Store):
         await self._writer.aclose()
         await self._engine.dispose()
 
-    def _start(self) -> None:
-        self._writer.start()
+    async def _start(self) -> None:
+        await self._writer.start()
 
 
 def _sum_idle_per_upstream(by_day: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
@@ -266,5 +279,9 @@ async def open_ledger(settings: LedgerSettings) -> Ledger:
         await engine.dispose()
         raise
     ledger = Ledger(engine, settings, _revocation_file(engine))
-    ledger._start()
+    try:
+        await ledger._start()
+    except BaseException:
+        await engine.dispose()
+        raise
     return ledger

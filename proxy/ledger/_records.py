@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -47,11 +47,16 @@ class LedgerRecord:
     overhead_ms: float
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
+        # A shallow copy: every field is an immutable scalar, and `asdict`'s deep copy costs
+        # tens of microseconds on the request path.
+        row = {name: getattr(self, name) for name in _FIELD_NAMES}
         created = as_utc(self.created_at)
         row["created_at"] = created
         row["day"] = created.strftime("%Y-%m-%d")
         return row
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(LedgerRecord))
 
 
 def as_utc(moment: datetime) -> datetime:

@@ -96,12 +96,12 @@ def aggregate(
                     unspread[key[0]][i] += v
         for index, row in enumerate(fine_rows):
             key = (row["upstream"], row["day"])
-            figures = idle_by_upstream_day.get(key)
+            idle_figures = idle_by_upstream_day.get(key)
             total = energy_on.get(key, 0.0)
-            if figures is None or total <= 0.0:
+            if idle_figures is None or total <= 0.0:
                 continue
             weight = float(row["energy_j"]) / total
-            shares[index] = [v * weight for v in figures]
+            shares[index] = [v * weight for v in idle_figures]
 
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row, share in zip(fine_rows, shares, strict=True):

@@ -397,10 +397,12 @@ class Relay:
                     waited += time.perf_counter() - wait_start
                     break
                 waited += time.perf_counter() - wait_start
+                # What one upstream read brought leaves in one write (one ASGI message).
+                out: list[bytes] = []
                 for event in splitter.feed(chunk):
                     data = sse.event_data(event)
                     if data is None:
-                        yield event  # upstream comments and pings pass through
+                        out.append(event)  # upstream comments and pings pass through
                         continue
                     if data == sse.DONE:
                         finished = True
@@ -408,14 +410,14 @@ class Relay:
                     try:
                         payload = orjson.loads(data)
                     except orjson.JSONDecodeError:
-                        yield event
+                        out.append(event)
                         continue
                     if not isinstance(payload, dict):
-                        yield event
+                        out.append(event)
                         continue
                     if "error" in payload and "choices" not in payload:
                         call.error = "upstream_stream_error"
-                        yield event
+                        out.append(event)
                         continue
                     tokens = chunk_output_tokens(payload)
                     if tokens:
@@ -438,7 +440,9 @@ class Relay:
                             # The usage-only chunk: held until the footprint is known.
                             held_usage_chunk = payload
                             continue
-                    yield event
+                    out.append(event)
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
             if splitter.rest().strip():
                 finished = False
             if not finished:
@@ -471,11 +475,12 @@ class Relay:
         footprint, _ = await self._close_and_record(call, track, reservation)
         footprint_object = self._footprint_object(call, footprint)
 
+        tail: list[bytes] = []  # the closing events, in one write
         if call.cancelled:
             error = UpstreamUnavailable(
                 f"upstream {call.upstream.name if call.upstream else ''} broke off the stream"
             )
-            yield error.sse_event()
+            tail.append(error.sse_event())
         if call.client_wants_usage:
             final = held_usage_chunk or {
                 "id": call.request_id,
@@ -492,9 +497,10 @@ class Relay:
                 "total_tokens": call.prompt_tokens + call.completion_tokens,
             }
             final["footprint"] = footprint_object
-            yield sse.data_event(final)
-        yield sse.comment_event("footprint", footprint_object)
-        yield sse.DONE_EVENT
+            tail.append(sse.data_event(final))
+        tail.append(sse.comment_event("footprint", footprint_object))
+        tail.append(sse.DONE_EVENT)
+        yield b"".join(tail)
 
     # ---- finishing ---------------------------------------------------------------------
 

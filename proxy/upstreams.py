@@ -10,8 +10,9 @@ import asyncio
 import fnmatch
 import logging
 import os
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,17 +190,21 @@ class UpstreamRouter:
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = list(upstreams)
         self._exact: dict[str, Upstream] = {}
+        # Patterns in configuration order, compiled once (fnmatchcase's own rules).
+        self._patterns: list[tuple[Callable[[str], object], Upstream]] = []
         for upstream in self.upstreams:
             for name in upstream.settings.models:
                 if not _is_pattern(name):
                     self._exact.setdefault(name, upstream)
+                else:
+                    self._patterns.append((re.compile(fnmatch.translate(name)).match, upstream))
 
     def route(self, model: str) -> Upstream | None:
         found = self._exact.get(model)
         if found is not None:
             return found
-        for upstream in self.upstreams:
-            if upstream.serves_by_pattern(model):
+        for matches, upstream in self._patterns:
+            if matches(model):
                 return upstream
         return None
 

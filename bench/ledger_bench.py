@@ -8,6 +8,8 @@
 
     .venv/bin/python bench/ledger_bench.py            # both, with the test servers
     .venv/bin/python bench/ledger_bench.py --only sqlite --seconds 10
+    .venv/bin/python bench/ledger_bench.py --only sqlite --sqlite-synchronous normal
+    .venv/bin/python bench/ledger_bench.py --only sqlite --seconds 5 --path-seconds 600  # soak
 
 Needs PostgreSQL and Redis on 127.0.0.1 for the second backend (scripts/services.sh).
 """
@@ -23,6 +25,8 @@ import statistics
 import sys
 import tempfile
 import time
+from array import array
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,13 +71,20 @@ ROW = LedgerRecord(
 )
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def rss_mib() -> float:
+def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mib() -> float:
+    """Resident memory now (Linux), not the high-water mark: growth shows here."""
+    with open("/proc/self/statm") as f:
+        resident_pages = int(f.read().split()[1])
+    return resident_pages * resource.getpagesize() / 2**20
 
 
 async def throughput(ledger: Ledger, seconds: float, writers: int) -> dict[str, Any]:
@@ -120,8 +131,10 @@ async def request_path(
     await budgets.put(team, "co2e_g", "month", 1e9)
     await budgets.put(team, "requests", "day", 1e9)
     header = f"Bearer {new.secret}"
-    latencies_ms: list[float] = []
-    parts: dict[str, list[float]] = {"auth": [], "reserve": [], "settle": [], "record": []}
+    # Flat arrays of doubles: a long run keeps its samples in a known, small amount of memory
+    # (reported, so the proxy's own growth can be told apart from the bench's).
+    latencies_ms = array("d")
+    parts = {name: array("d") for name in ("auth", "reserve", "settle", "record")}
 
     async def one(i: int) -> None:
         t0 = time.perf_counter()
@@ -152,19 +165,25 @@ async def request_path(
     # warm-up (first key lookup, budget load) is not the steady state
     for i in range(20):
         await one(-1 - i)
-    latencies_ms.clear()
+    del latencies_ms[:]
     for v in parts.values():
-        v.clear()
+        del v[:]
     rss0 = rss_mib()
-    tasks = []
+    rss_samples = [rss0]
+    tasks: set[asyncio.Task[None]] = set()
     n = int(seconds * rate)
     start = time.perf_counter()
     for i in range(n):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
+        task = asyncio.create_task(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if i % int(rate * 30) == 0:
+            rss_samples.append(rss_mib())
     await asyncio.gather(*tasks)
+    rss_samples.append(rss_mib())
     await budgets.aclose()
     return {
         "requests": n,
@@ -172,7 +191,13 @@ async def request_path(
         "added_p50_ms": round(statistics.median(latencies_ms), 3),
         "added_p99_ms": round(percentile(latencies_ms, 0.99), 3),
         "parts_p50_ms": {k: round(statistics.median(v), 3) for k, v in parts.items()},
-        "max_rss_mib_before_after": [round(rss0, 1), round(rss_mib(), 1)],
+        "rss_mib_before_after": [round(rss0, 1), round(rss_samples[-1], 1)],
+        # Every 30 s of the run: a leak shows as a steady climb, not a one-off step.
+        "rss_mib_every_30s": [round(r, 1) for r in rss_samples],
+        "max_rss_mib": round(max_rss_mib(), 1),
+        "bench_samples_mib": round(
+            sum(a.itemsize * len(a) for a in (latencies_ms, *parts.values())) / 2**20, 1
+        ),
     }
 
 
@@ -183,7 +208,11 @@ async def run_backend(
     try:
         tp = await throughput(ledger, args.seconds, args.writers)
         path = await request_path(
-            ledger, redis_url, "fpbench-" + secrets.token_hex(4), args.seconds, args.rate
+            ledger,
+            redis_url,
+            "fpbench-" + secrets.token_hex(4),
+            args.path_seconds or args.seconds,
+            args.rate,
         )
     finally:
         await ledger.aclose()
@@ -199,6 +228,12 @@ async def run_backend(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--path-seconds",
+        type=float,
+        default=0.0,
+        help="length of the request-path run (default: --seconds); 600 for the memory soak",
+    )
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
     parser.add_argument("--writers", type=int, default=256, help="concurrent ledger writers")
     parser.add_argument("--only", choices=["sqlite", "postgresql"])

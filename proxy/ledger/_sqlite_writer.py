@@ -112,8 +112,13 @@ class SQLiteBatchWriter:
             conn = sqlite3.connect(
                 self._database, timeout=30, isolation_level=None, check_same_thread=True
             )
+        except Exception as exc:
+            self._wake(_fail_ready, ready, exc)
+            return
+        try:
             apply_sqlite_pragmas(conn, self._synchronous)
         except Exception as exc:
+            conn.close()
             self._wake(_fail_ready, ready, exc)
             return
         self._wake(_succeed, ready)

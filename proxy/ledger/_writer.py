@@ -127,18 +127,37 @@ class GroupCommitWriter:
                     "ledger batch of %d rows failed (attempt %d): %r", len(rows), attempt, exc
                 )
                 await self._drop_connection()
-        if error is None:
+        # A failed batch of several rows: one row at a time, so a row the database refuses
+        # (a NOT NULL column left empty) fails alone instead of taking its batch with it.
+        errors = {request_id: error for request_id in rows}
+        if error is not None and len(rows) > 1:
+            for request_id, row in rows.items():
+                errors[request_id] = await self._insert_one(row)
+        committed = sum(1 for e in errors.values() if e is None)
+        if committed:
             self.batches_committed += 1
-            self.rows_committed += len(rows)
-        for _, future in batch:
+            self.rows_committed += committed
+        for row, future in batch:
             if future.done():
                 continue
-            if error is None:
+            row_error = errors[row["request_id"]]
+            if row_error is None:
                 future.set_result(None)
             else:
-                failure = LedgerWriteError(f"ledger write failed: {error!r}")
-                failure.__cause__ = error
+                failure = LedgerWriteError(f"ledger write failed: {row_error!r}")
+                failure.__cause__ = row_error
                 future.set_exception(failure)
+
+    async def _insert_one(self, row: dict[str, Any]) -> BaseException | None:
+        try:
+            conn = await self._connection()
+            await self._insert_batch(conn, [row])
+            if not self._autocommit:
+                await conn.commit()
+        except Exception as exc:
+            await self._drop_connection()
+            return exc
+        return None
 
     async def _connection(self) -> AsyncConnection:
         if self._conn is None:

@@ -179,3 +179,14 @@ async def test_a_failed_commit_reaches_the_caller(tmp_path) -> None:  # type: ig
         assert await ledger.get_request("good", None) is not None
     finally:
         await ledger.aclose()
+
+
+async def test_a_bad_row_fails_alone_in_its_batch(ledger: Ledger, ledger_url: str) -> None:
+    good = [record(request_id=f"ok{i}") for i in range(20)]
+    bad = record(request_id="bad", model=None)  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(ledger.record(r) for r in [*good[:10], bad, *good[10:]]), return_exceptions=True
+    )
+    assert isinstance(results[10], LedgerWriteError)
+    assert [r for i, r in enumerate(results) if i != 10] == [None] * 20
+    assert await count_rows_fresh(ledger_url) == 20

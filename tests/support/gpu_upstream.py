@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +78,8 @@ class GpuUpstream:
         self.generations: dict[str, Generation] = {}
         self.headers: dict[str, dict[str, str]] = {}  # request id -> headers it arrived with
         self.finished: set[str] = set()  # request ids whose last token was produced
+        # request id -> (start, end) on the GPU, on the fake's clock
+        self.spans_s: dict[str, tuple[float, float]] = {}
         self._ids = itertools.count(1)
         self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
 
@@ -89,11 +90,11 @@ class GpuUpstream:
     async def _tokens(self, request_id: str, prompt: int, plan: Generation) -> AsyncIterator[int]:
         """Produce the output tokens on the fake GPU at the planned pace; yields each index."""
         self.fake.request_started(request_id)
+        start_s = self.fake.clock()
         try:
-            start_s = time.monotonic()
             for index in range(plan.output_tokens):
                 # An absolute schedule: a late wake-up catches up instead of slowing the rate.
-                delay_s = start_s + (index + 1) / plan.tokens_per_s - time.monotonic()
+                delay_s = start_s + (index + 1) / plan.tokens_per_s - self.fake.clock()
                 if delay_s > 0:
                     await asyncio.sleep(delay_s)
                 self.fake.token(request_id, 1, prompt=prompt if index == 0 else 0)
@@ -104,6 +105,7 @@ class GpuUpstream:
             self.finished.add(request_id)
         finally:
             self.fake.request_ended(request_id)
+            self.spans_s[request_id] = (start_s, self.fake.clock())
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()

@@ -45,6 +45,8 @@ _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
 
 # aiohttp would add its own Accept, Accept-Encoding, User-Agent and Content-Type where httpx
 # set none; httpx's request already says exactly what to send.
+_MAX_HEADER_BYTES = 64 * 1024
+
 _NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
@@ -99,14 +101,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._limits = limits or httpx.Limits()
-        self._ssl_context = ssl_context
+        # The same verification as httpx's own transport (certifi, SSL_CERT_FILE); made here,
+        # at start, rather than on the first request (loading the CA bundle takes a while).
+        self._ssl_context = ssl_context or httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
-        if self._ssl_context is None:
-            # The same verification as httpx's own transport (certifi, SSL_CERT_FILE).
-            self._ssl_context = httpx.create_ssl_context()
         expiry_s = self._limits.keepalive_expiry
         connector = (
             # No keep-alive at all: a new connection per request, closed after it.
@@ -127,6 +128,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # Cookies would leak state from one client's request into another's.
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None),
+            # Header lines as long as httpcore (h11) takes; aiohttp's default is 8 KiB.
+            max_line_size=_MAX_HEADER_BYTES,
+            max_field_size=_MAX_HEADER_BYTES,
         )
 
     def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:

@@ -388,11 +388,12 @@ def test_requests_plus_idle_equal_the_gpu_counter(outcome: Outcome) -> None:
 PAIR = Generation(72, 60.0)
 
 
-def pair(request_id: str, generation: Generation) -> list[Job]:
-    """A streaming and a non-streaming request side by side, at the same pace."""
+def pair(request_id: str, faults: Mapping[int, Callable[[], object]] | None = None) -> list[Job]:
+    """A streaming and a non-streaming request side by side, at the same pace. `faults` run
+    once, at those output tokens of the streaming one: both are mid-way then."""
     return [
-        Job(f"{request_id}-stream", True, 8, generation, 0.0),
-        Job(f"{request_id}-whole", False, 2, generation, 0.0),
+        Job(f"{request_id}-stream", True, 8, replace(PAIR, at_token=faults or {}), 0.0),
+        Job(f"{request_id}-whole", False, 2, PAIR, 0.0),
     ]
 
 
@@ -416,7 +417,7 @@ async def test_a_counter_reset_mid_request_keeps_it_measured_and_accurate(
 ) -> None:
     fake = make_fake()
     async with running(tmp_path, fake) as rig:
-        jobs = pair("reset", replace(PAIR, at_token={30: fake.reset_counter}))
+        jobs = pair("reset", {30: fake.reset_counter})
         answers = await serve(rig, jobs)
         for job in jobs:
             answer = answers[job.request_id]
@@ -433,7 +434,7 @@ async def test_a_counter_reset_mid_request_keeps_it_measured_and_accurate(
 async def assert_measured_again(rig: Rig, request_id: str) -> None:
     """After the fault cleared, a new request is measured (and accurately)."""
     rig.wait_measuring()
-    jobs = pair(request_id, PAIR)
+    jobs = pair(request_id)
     answers = await serve(rig, jobs)
     for job in jobs:
         answer = answers[job.request_id]
@@ -456,7 +457,7 @@ async def test_a_gpu_lost_mid_request_is_served_and_estimated(tmp_path: Path) ->
     fake = make_fake()
     async with running(tmp_path, fake) as rig:
         # The GPU falls off the bus a third of the way in and is still gone when they end.
-        jobs = pair("lost", replace(PAIR, at_token={24: fake.lose_gpu}))
+        jobs = pair("lost", {24: fake.lose_gpu})
         answers = await serve(rig, jobs)
         assert_estimated(answers, jobs)
         for job in jobs:
@@ -483,10 +484,7 @@ async def test_a_call_raising_mid_request_is_served_and_estimated(tmp_path: Path
             rig.wait_failing()
             fake.stop_raising()
 
-        jobs = pair(
-            "raising",
-            replace(PAIR, at_token={18: start_raising, 42: stop_raising_once_seen}),
-        )
+        jobs = pair("raising", {18: start_raising, 42: stop_raising_once_seen})
         answers = await serve(rig, jobs)
         assert_estimated(answers, jobs)
         await assert_measured_again(rig, "after-raising")

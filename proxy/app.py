@@ -6,6 +6,8 @@ a fake pynvml module, a local intensity server) instead of patching globals.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -30,6 +32,7 @@ from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
 from proxy.errors import InvalidRequest, NotFound, ProxyError
 from proxy.forward import Relay
+from proxy.idle import IdleRecorder
 from proxy.ledger import open_ledger
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
@@ -163,6 +166,8 @@ def create_app(
             telemetry=tel,
         )
         relay = Relay(services)
+        idle = IdleRecorder(services)
+        idle_task = asyncio.get_running_loop().create_task(idle.run())
         app.state.settings = settings
         app.state.services = services
         app.state.relay = relay
@@ -182,6 +187,13 @@ def create_app(
             yield
         finally:
             await relay.drain()
+            idle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await idle_task
+            try:
+                await idle.flush()
+            except Exception:  # a ledger that is gone at shutdown; logged, nothing to retry
+                log.exception("idle energy could not be recorded at shutdown")
             await router.aclose()
             await budgets.aclose()
             await ledger.aclose()

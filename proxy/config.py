@@ -51,7 +51,9 @@ class ServerSettings(_Section):
 
 class LedgerSettings(_Section):
     url: str = "sqlite:///footprint.db"
-    # Rows are group-committed: a batch is written when it is this big or this old.
+    # Rows are group-committed. SQLite: a writer thread commits whatever has queued, at most
+    # batch_max_rows at a time, with no timer. PostgreSQL: a batch is written when it is
+    # batch_max_rows big or batch_max_delay_ms old.
     batch_max_rows: Annotated[int, Field(gt=0)] = 256
     batch_max_delay_ms: Annotated[float, Field(ge=0)] = 2.0
 

@@ -136,13 +136,14 @@ function tick() {
   if (!document.hidden && $("auto").checked) refresh();
 }
 
-async function signIn(key) {
+async function signIn(key, quiet) {
   const message = $("sign-in-error");
   message.textContent = "";
   let me;
   try {
     me = await apiJson(key, "/v1/footprint/me");
   } catch (error) {
+    if (quiet) return;
     forgetKey();
     message.textContent =
       error instanceof ApiError && error.status === 401
@@ -153,12 +154,16 @@ async function signIn(key) {
   }
   session.key = key;
   session.me = me;
-  saveKey(key);
+  if (key) saveKey(key);
   $("key").value = "";
   $("sign-in").hidden = true;
   $("board").hidden = false;
-  $("sign-out").hidden = false;
-  $("who").textContent = me.admin ? "Signed in with the admin key: every team" : `Signed in as team ${me.team}`;
+  $("sign-out").hidden = !key;
+  $("who").textContent = me.admin
+    ? "Signed in with the admin key: every team"
+    : key
+      ? `Signed in as team ${me.team}`
+      : `No key needed (auth = "none"): team ${me.team}`;
   $("idle").hidden = !me.admin;
   const teamOption = $("group").querySelector('option[value="team"]');
   teamOption.textContent = me.admin ? "team" : "team (yours only)";
@@ -210,7 +215,10 @@ function start() {
   document.addEventListener("visibilitychange", tick);
   const key = savedKey();
   if (key) signIn(key);
-  else $("key").focus();
+  else {
+    $("key").focus();
+    signIn("", true); // a proxy with auth = "none" lets the page in without a key
+  }
 }
 
 start();

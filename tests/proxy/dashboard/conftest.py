@@ -13,20 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.processes import REPO_ROOT, ProxyProcess, replica_config
 from tests.support.seed import SeededLedger, seed_ledger
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ADMIN_KEY = "admin-" + secrets.token_hex(20)
 HOSTILE = "<img src=x onerror=alert(1)>"
 TEAMS = ("aurora", "borealis", HOSTILE)

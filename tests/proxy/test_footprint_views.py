@@ -190,3 +190,27 @@ async def test_budgets_for_a_team_key_and_for_the_admin(
     assert {b["team"] for b in every} == {"search", "ads"}
     theirs = await client.get("/v1/footprint/budgets?team=ads", headers=keys["search"])
     assert theirs.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/footprint/requests?colour=red",
+        "/v1/footprint/requests?from=2026-12-01&to=2026-11-01",
+        "/v1/footprint/budgets?period=day",
+        "/v1/footprint/budgets?team=not%20a%20team",
+    ],
+)
+async def test_bad_queries_on_requests_and_budgets_are_400(
+    client: httpx.AsyncClient, keys: Any, path: str
+) -> None:
+    got = await client.get(path, headers=ADMIN)
+    assert got.status_code == 400 and got.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/footprint/usage/series", "/v1/footprint/requests", "/v1/footprint/budgets"]
+)
+async def test_every_read_needs_a_key(client: httpx.AsyncClient, keys: Any, path: str) -> None:
+    got = await client.get(path)
+    assert got.status_code == 401 and got.json()["error"]["code"] == "invalid_api_key"

@@ -314,3 +314,26 @@ def test_a_proxy_without_keys_opens_without_one(board: Board, page: Any, tmp_pat
         # Team "default" sent nothing in the seeded month; no other team is shown.
         assert page.locator("#totals [data-metric=requests]").get_attribute("data-value") == "0"
         assert "aurora" not in page.content()
+
+
+def test_the_other_traffic_account_gets_a_column_when_the_api_carries_it(
+    board: Board, page: Any
+) -> None:
+    page.goto(f"{board.url}/dashboard")
+    headers: list[str] = page.evaluate(
+        """async () => {
+            const views = await import('/dashboard/static/views.js');
+            const node = document.createElement('div');
+            const idle = [{upstream: 'gpu-east', energy_j: 10, co2e_g: 1, water_ml: 1,
+                           other_energy_j: 2500}];
+            views.renderIdle(node, idle, [{upstream: 'gpu-east', energy_j: 99}]);
+            const cells = [...node.querySelectorAll('tbody td')].map(td => td.textContent);
+            const heads = [...node.querySelectorAll('th[scope=col]')].map(th => th.textContent);
+            views.renderIdle(node, [{...idle[0], other_energy_j: undefined}], []);
+            const without = [...node.querySelectorAll('th[scope=col]')].length;
+            return [...heads, '|', ...cells, '|', String(without)];
+        }"""
+    )
+    assert headers[:4] == ["upstream", "requests' energy", "idle energy", "other traffic's energy"]
+    assert headers[headers.index("|") + 1 : headers.index("|") + 4] == ["99 J", "10 J", "2.5 kJ"]
+    assert headers[-1] == "5"  # without other_energy_j: no such column

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.ledger._records import as_utc, iso
@@ -145,7 +145,9 @@ class SeriesQueries:
             return [str(t) for t in (await conn.execute(query)).scalars()]
 
 
-def _window(query: Any, start: datetime | None, end: datetime | None, team: str | None) -> Any:
+def _window(
+    query: Select[Any], start: datetime | None, end: datetime | None, team: str | None
+) -> Select[Any]:
     if team is not None:
         query = query.where(requests.c.team == team)
     if start is not None:

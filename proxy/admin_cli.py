@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from meters.numbers import format_decimal
 from proxy.config import load_settings
 
 NUMBER_COLUMNS = ("requests", "tokens", "energy_j", "co2e_g", "water_ml")
@@ -240,8 +241,7 @@ def _report(client: httpx.Client, args: argparse.Namespace) -> int:
 
 def _num(value: Any) -> str:
     if isinstance(value, float):
-        text = f"{value:.6f}".rstrip("0").rstrip(".")
-        return "0" if text in ("", "-0") else text
+        return format_decimal(value)
     return str(value)
 
 

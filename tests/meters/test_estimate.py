@@ -188,8 +188,9 @@ def test_pure_formulas_compose_to_the_estimate() -> None:
         estimate_server_energy_j(generation_s, gpus)
     )
     assert measurement.server_energy_j == pytest.approx(generation_s * 150 * 4 / 64)
-    # Hardware says 1 GPU; the model needs 4: the hardware share is scaled to match.
-    assert measurement.hardware_s == pytest.approx(generation_s / 64 * 4)
+    # Hardware says 1 GPU; the model needs 4: the measurement says it occupied 4.
+    assert measurement.hardware_s == pytest.approx(generation_s / 64)
+    assert measurement.gpus == 4
 
 
 def test_measured_latency_caps_generation_time() -> None:
@@ -304,7 +305,8 @@ def test_offline_footprint_prints_the_contract_object() -> None:
     assert result["grid_gco2e_per_kwh"] == pytest.approx(417.06)
     assert (result["prompt_tokens"], result["completion_tokens"]) == (120, 256)
     assert result["gpu_energy_j"] == pytest.approx(256 * energy_per_output_token_j(8.03), rel=1e-5)
-    assert result["intensity_source"] == "table:ecologits-0.11.3"
+    assert result["intensity_source"] == "table" and result["water_source"] == "table"
+    assert str(result["intensity_detail"]).startswith("table:ecologits-")
 
 
 def test_offline_footprint_agrees_with_ecologits_for_the_same_request() -> None:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from meters.constants import (
     DEFAULT_ACCELERATOR,
@@ -144,10 +152,10 @@ class MeterSettings(_Section):
 
 
 class HardwareSettings(_Section):
-    # One of meters.constants.ACCELERATORS (memory from its datasheet), or any name with
-    # accelerator_memory_gb given.
-    accelerator: str = DEFAULT_ACCELERATOR
+    # Memory per accelerator for the estimator's GPU count; unset: the accelerator's datasheet
+    # figure (meters.constants.ACCELERATORS). Needed for an accelerator the table lacks.
     accelerator_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    accelerator: str = DEFAULT_ACCELERATOR
     gpus: Annotated[int, Field(gt=0)] = 1
     active_params_b: Annotated[float, Field(gt=0)] | None = None
     total_params_b: Annotated[float, Field(gt=0)] | None = None
@@ -155,14 +163,15 @@ class HardwareSettings(_Section):
     # [metering] default, 150 W (EcoLogits / BoaviztAPI, meters.constants).
     server_w_per_gpu: Annotated[float, Field(ge=0)] | None = None
 
-    @model_validator(mode="after")
-    def _known_accelerator(self) -> HardwareSettings:
-        if self.accelerator_memory_gb is None:
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("accelerator_memory_gb") is None:
             try:
-                accelerator(self.accelerator)
+                accelerator(value)
             except UnknownAccelerator as error:
                 raise ValueError(str(error)) from None
-        return self
+        return value
 
     def memory_gb(self) -> float:
         """The accelerator's memory: the configured figure, else its datasheet's."""

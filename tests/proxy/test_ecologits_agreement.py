@@ -242,3 +242,40 @@ def test_the_footprint_estimate_command_agrees(model: str, tokens: int, zone: st
     assert disagreements(model, _central(printed), _ranges(printed.get("ranges")), truth) == []
     assert printed["intensity_source"] == "table"
     assert printed["methodology_version"]
+
+
+def test_a_proxied_request_carries_ranges_and_factor_sources(
+    tmp_path: Path, start_proxy: Any, upstream: Any
+) -> None:
+    """Through the running proxy (its relay unchanged): the `footprint` member of an estimated
+    answer for a ranged model holds `ranges`, `intensity_source` and `water_source`, and the
+    headers keep the central figure."""
+    import httpx
+
+    settings = parse_settings(
+        {
+            "server": {"auth": "none"},
+            "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.db'}"},
+            "upstreams": [
+                {
+                    "name": "api",
+                    "base_url": f"{upstream.url}/v1",
+                    "zone": "AE",  # a zone whose water factor is the world average
+                    "meter": {"kind": "estimate"},
+                }
+            ],
+        }
+    )
+    proxy = start_proxy(settings)
+    response = httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    footprint = response.json()["footprint"]
+    assert (footprint["intensity_source"], footprint["water_source"]) == ("table", "table:world")
+    low, high = footprint["ranges"]["energy_j"]
+    assert low < footprint["energy_j"] < high
+    assert float(response.headers["x-footprint-energy-j"]) == footprint["energy_j"]
+    assert set(footprint["ranges"]) >= {"gpu_energy_j", "energy_j", "co2e_g", "water_ml"}

@@ -146,6 +146,7 @@ ACCELERATORS: tuple[Accelerator, ...] = (
     Accelerator("V100-32GB", 32.0, "NVIDIA V100 Tensor Core GPU datasheet (32 GB HBM2)"),
     Accelerator("MI300X", 192.0, "AMD Instinct MI300X datasheet (192 GB HBM3)"),
 )
+# The accelerator assumed where an upstream names none: EcoLogits' (an H100 80 GB).
 DEFAULT_ACCELERATOR = "H100-SXM"
 
 # Spellings people write for the same device (NVML names, cloud names), normalised upper-case.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-Endpoint = Literal["chat.completions", "completions", "embeddings"]
+Endpoint = Literal["chat.completions", "completions", "embeddings", "responses", "messages"]
 
 # Budget metrics, as in contract.md, and how each is summed from ledger rows.
 METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests")

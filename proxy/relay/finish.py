@@ -20,6 +20,7 @@ from proxy.errors import ProxyError
 from proxy.ledger import LedgerRecord
 from proxy.relay.call import Call
 from proxy.relay.send import send
+from proxy.relay.stored import ResponseOwners
 from proxy.services import Services
 from proxy.tokens import count_prompt_tokens
 from proxy.upstreams import Upstream
@@ -38,8 +39,9 @@ class Finished:
 class Finisher:
     """The closing steps, shared by whole and streamed answers."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, owners: ResponseOwners) -> None:
         self.services = services
+        self.owners = owners
         self._background: set[asyncio.Task[None]] = set()
 
     async def footprint(self, upstream: Upstream, measurement: Measurement) -> Footprint:
@@ -68,6 +70,8 @@ class Finisher:
         call.tally.overhead_ms = max(0.0, (duration_s - call.tally.upstream_s) * 1000.0)
         await self.services.ledger.record(ledger_record(call, footprint, duration_s))
         call.settled = True
+        if call.tally.response_id is not None:
+            self.owners.remember(call.tally.response_id, upstream.name, call.team)
         remaining = await self.services.budgets.settle(reservation, spent(call, footprint))
         telemetry = self.services.telemetry
         if telemetry is not None and call.telemetry is not None:

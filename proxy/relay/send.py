@@ -9,6 +9,7 @@ import httpx
 from starlette.responses import Response
 
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.relay.facts import Endpoint
 from proxy.upstreams import Upstream
 
 # Request headers carried on to the upstream. Authorization is never among them: the
@@ -17,14 +18,14 @@ FORWARDED_HEADERS = ("traceparent", "tracestate", "baggage", "user-agent", "acce
 
 
 def upstream_headers(
-    incoming: Mapping[str, str], upstream: Upstream, request_id: str
+    incoming: Mapping[str, str], spec: Endpoint, upstream: Upstream, request_id: str
 ) -> dict[str, str]:
     """The headers the upstream gets from the client's request: the one place they are made
     (the trace headers are written after this, by telemetry)."""
     headers = {"content-type": "application/json"}
     if upstream.settings.forward_request_id:
         headers["x-request-id"] = request_id
-    for name in FORWARDED_HEADERS:
+    for name in (*FORWARDED_HEADERS, *spec.forwarded_headers):
         value = incoming.get(name)
         if value is not None:
             headers[name] = value
@@ -69,8 +70,9 @@ async def read_error(response: httpx.Response) -> bytes:
         await response.aclose()
 
 
-def passed_error(response: httpx.Response, raw: bytes, request_id: str) -> Response:
-    """The upstream's own error, passed back with its status and body unchanged."""
+def passed_on(response: httpx.Response, raw: bytes, request_id: str) -> Response:
+    """The upstream's answer (its own error, or a stored response), passed back with its
+    status and body unchanged."""
     return Response(
         raw,
         status_code=response.status_code,

@@ -42,7 +42,7 @@ async def relay_stream(
         raw = await send.read_error(response)
         tally.upstream_s = time.perf_counter() - sent
         await finisher.upstream_error(call, track, reservation, response.status_code)
-        return send.passed_error(response, raw, call.request_id)
+        return send.passed_on(response, raw, call.request_id)
     headers = {
         "x-request-id": call.request_id,
         "x-footprint-method": "measured" if upstream.measuring else "estimated",
@@ -163,7 +163,8 @@ async def _closing(
         request_id=call.request_id,
         model=tally.response_model or asked.model,
         created_s=int(call.received_at.timestamp()),
-        held=counted.held,
+        held=tuple(counted.held),
+        upstream_done=counted.done,
         client_wants_usage=asked.client_wants_usage,
         prompt_tokens=tally.prompt_tokens,
         completion_tokens=tally.completion_tokens,

@@ -9,6 +9,8 @@ Models:
 - `error500`: answers 500 with an OpenAI-shaped error body.
 - `error400`: answers 400 with an OpenAI-shaped error body.
 - `long`: streams a chunk every 50 ms for 30 s; records when it sees itself cancelled.
+
+It also speaks the Responses and Messages APIs as vLLM does (`tests/support/fake_apis.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.fake_apis import MessagesApi, ResponsesApi
 
 
 @dataclass
@@ -190,13 +194,17 @@ def make_upstream(
             }
         )
 
+    responses = ResponsesApi(log, words)
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            *responses.routes(),
+            *MessagesApi(log, words).routes(),
         ]
     )
     app.state.log = log
+    app.state.responses = responses
     return app

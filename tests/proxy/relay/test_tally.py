@@ -64,7 +64,8 @@ def test_the_usage_only_chunk_is_held_and_tops_up_the_count_to_what_the_upstream
         "completion_tokens": 5,
         "prompt_tokens_details": {"cached_tokens": 4},
     }
-    assert tally.held is not None and tally.held.payload["usage"]["completion_tokens"] == 5
+    (held,) = tally.held
+    assert held.payload["usage"]["completion_tokens"] == 5
     assert tally.usage_seen and not tally.cut_off(b"")
 
 

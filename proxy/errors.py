@@ -110,6 +110,19 @@ class BudgetExceeded(ProxyError):
     error_type = "insufficient_quota"
     code = "footprint_budget_exceeded"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        # A spent budget stays spent until its period turns: the OpenAI SDKs would retry a
+        # 429 twice more unless told not to.
+        retry = {"x-should-retry": "false", **(headers or {})}
+        super().__init__(message, param=param, code=code, headers=retry)
+
 
 class UpstreamUnavailable(ProxyError):
     """Upstream unreachable, or it answered something that is not what it should (502)."""

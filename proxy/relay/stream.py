@@ -44,6 +44,7 @@ async def relay_stream(
         await finisher.upstream_error(call, track, reservation, response.status_code)
         return send.passed_on(response, raw, call.request_id)
     headers = {
+        **send.passed_headers(response),
         "x-request-id": call.request_id,
         "x-footprint-method": "measured" if upstream.measuring else "estimated",
         "cache-control": "no-cache",
@@ -112,7 +113,7 @@ async def _pass_on(
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's events as they come; what one upstream read brought leaves in one
     write (one ASGI message)."""
-    chunks = response.aiter_raw()
+    chunks = response.aiter_bytes()  # decoded, should the upstream compress after all
     while True:
         wait_start = time.perf_counter()
         try:

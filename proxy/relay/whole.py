@@ -48,7 +48,10 @@ async def relay_whole(
     # No progress was visible while it ran, so the meter gives it the time share of each
     # tick (methodology §2); the totals go to close() only.
     finished = await finisher.finish(call, track, reservation)
-    headers = footprint_headers(call, finished.footprint, finished.remaining)
+    headers = {
+        **send.passed_headers(response),
+        **footprint_headers(call, finished.footprint, finished.remaining),
+    }
     if finisher.services.settings.server.footprint_in_body:
         raw = with_member(
             raw, b"footprint", orjson.dumps(footprint_object(call, finished.footprint))

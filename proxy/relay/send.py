@@ -101,9 +101,7 @@ def passed_headers(response: httpx.Response) -> dict[str, str]:
     """The upstream's response headers the client gets too (`retry-after`, `x-ratelimit-*`,
     `openai-processing-ms`, `x-should-retry`, …): all but `_NOT_PASSED`, those the upstream's
     `Connection` header names, and `x-footprint-*`."""
-    named = {
-        token.strip().lower() for token in response.headers.get("connection", "").split(",")
-    }
+    named = {token.strip().lower() for token in response.headers.get("connection", "").split(",")}
     return {
         name: value
         for name, value in response.headers.items()

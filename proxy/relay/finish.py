@@ -19,6 +19,7 @@ from proxy.budgets import Reservation, Usage
 from proxy.errors import ProxyError
 from proxy.ledger import LedgerRecord
 from proxy.relay.call import Call
+from proxy.relay.embeddings import embeddings_measurement, needs_derivation
 from proxy.relay.send import send
 from proxy.relay.stored import ResponseOwners
 from proxy.services import Services
@@ -111,18 +112,29 @@ class Finisher:
 
     async def _close_meter(self, call: Call, track: RequestTrack) -> Measurement:
         tally = call.tally
+        latency_s = time.perf_counter() - call.started
         try:
-            return await track.close(
+            measurement = await track.close(
                 prompt_tokens=tally.prompt_tokens,
                 output_tokens=tally.completion_tokens,
                 cancelled=tally.cancelled,
-                latency_s=time.perf_counter() - call.started,
+                latency_s=latency_s,
             )
         except MeterError as exc:
             # Nothing measured it and nothing knows enough to estimate it (a model of unknown
             # size): say so instead of inventing a figure, and still serve the request.
             log.warning("request %s: no footprint: %s", call.request_id, exc)
             return Measurement(0.0, 0.0, 0.0, "estimated", f"unavailable: {exc}")
+        if call.spec.generates or not needs_derivation(measurement):
+            return measurement
+        asked = call.need()
+        return embeddings_measurement(
+            asked.upstream.estimator,
+            asked.model,
+            tally.prompt_tokens,
+            latency_s,
+            self.services.settings.metering.alpha,
+        )
 
     def spawn(self, work: Coroutine[Any, Any, object]) -> None:
         """Run `work` (a cut-off request's finish) past the request's own task."""

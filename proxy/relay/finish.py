@@ -23,7 +23,7 @@ from proxy.relay.embeddings import embeddings_measurement, needs_derivation
 from proxy.relay.send import send
 from proxy.relay.stored import ResponseOwners
 from proxy.services import Services
-from proxy.tokens import count_prompt_tokens
+from proxy.tokens import PromptTokenizer
 from proxy.upstreams import Upstream
 
 log = logging.getLogger("footprint.relay")
@@ -44,6 +44,7 @@ class Finisher:
         self.services = services
         self.owners = owners
         self._background: set[asyncio.Task[None]] = set()
+        self._tokenizers: dict[str, PromptTokenizer] = {}  # per upstream, its shape learnt
 
     async def footprint(self, upstream: Upstream, measurement: Measurement) -> Footprint:
         intensity = await self.services.intensity.get(upstream.site.zone)
@@ -53,13 +54,15 @@ class Finisher:
         """Prompt tokens by the upstream's tokenizer (or the rule of thumb), for an answer
         that did not say."""
         asked = call.need()
+        tokenizer = self._tokenizers.get(asked.upstream.name)
+        if tokenizer is None:
+            settings = asked.upstream.settings
+            tokenizer = PromptTokenizer(
+                asked.upstream.client, settings.tokenize_url, settings.tokenize_format
+            )
+            self._tokenizers[asked.upstream.name] = tokenizer
         call.tally.tokens_counted = True
-        call.tally.prompt_tokens, _how = await count_prompt_tokens(
-            asked.upstream.client,
-            asked.upstream.settings.tokenize_url,
-            asked.model,
-            asked.prompt_text,
-        )
+        call.tally.prompt_tokens, _how = await tokenizer.count(asked.model, asked.prompt_text)
 
     async def finish(self, call: Call, track: RequestTrack, reservation: Reservation) -> Finished:
         """Close the meter, compute the footprint, make the ledger row durable, settle the

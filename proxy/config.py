@@ -73,6 +73,9 @@ class BudgetSettings(_Section):
     on_store_error: Literal["refuse", "allow"] = "allow"
     default_max_tokens: Annotated[int, Field(gt=0)] = 1024
     reservation_ttl_s: Annotated[float, Field(gt=0)] = 600.0
+    # Socket timeout of every Redis call (connect and reply). After a failure Redis is not
+    # asked again for a second, so a Redis that never answers costs one timeout per second.
+    redis_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
 
     @field_validator("redis_url")
     @classmethod

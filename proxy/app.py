@@ -30,10 +30,11 @@ from meters.meter import build_meter
 from proxy.auth import Authenticator
 from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
-from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.forward import Relay
 from proxy.idle import IdleRecorder
 from proxy.ledger import open_ledger
+from proxy.ledger import unavailable as ledger_unavailable
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
 from proxy.routes.footprint import footprint_router
@@ -259,6 +260,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error.to_response(exc.headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
+        if ledger_unavailable(exc):
+            log.error("ledger unavailable on %s %s: %r", request.method, request.url.path, exc)
+            return ServiceUnavailable("the ledger is unavailable right now").to_response()
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return ProxyError("internal error in the proxy").to_response()
 

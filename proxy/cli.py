@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,16 @@ def run_server(settings: Settings) -> int:
     if not settings.upstreams:
         print("footprint: no [[upstreams]] configured; nothing to relay to", file=sys.stderr)
         return 2
+    from proxy.ledger import LedgerConfigError, LedgerUnreachable, check_reachable
+
+    try:
+        asyncio.run(check_reachable(settings.ledger))
+    except LedgerConfigError as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 2
+    except LedgerUnreachable as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 1
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,

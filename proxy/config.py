@@ -56,6 +56,15 @@ class LedgerSettings(_Section):
     # batch_max_rows big or batch_max_delay_ms old.
     batch_max_rows: Annotated[int, Field(gt=0)] = 256
     batch_max_delay_ms: Annotated[float, Field(ge=0)] = 2.0
+    # PostgreSQL connections per replica: pool_size kept open (the row writer holds one of
+    # them), pool_max_overflow more under a burst. 4 + 2: three replicas take at most 18 of a
+    # default server's 100. A request that finds none free within pool_timeout_s is a 503.
+    pool_size: Annotated[int, Field(ge=1, le=100)] = 4
+    pool_max_overflow: Annotated[int, Field(ge=0, le=100)] = 2
+    pool_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # PostgreSQL unreachable at start: retry this long (one log line each time), then exit.
+    connect_retry_s: Annotated[float, Field(ge=0)] = 30.0
 
     @field_validator("url")
     @classmethod

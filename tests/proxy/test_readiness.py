@@ -4,17 +4,20 @@ processes (issue 11, defects 9, 11 and 12)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import PG_DSN
 from tests.support.fake_upstream import make_upstream
 from tests.support.processes import ProxyProcess, replica_config
 from tests.support.redis_server import PrivateRedis
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, free_port
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -72,3 +75,104 @@ def test_a_redis_that_never_answers_is_not_ready_and_costs_requests_no_timeouts(
                 time.sleep(0.2)
     finally:
         redis.stop()
+
+
+ADMIN_KEY = "admin-" + "r" * 40
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def _assert_service_unavailable(answer: httpx.Response, *, relayed: bool = True) -> None:
+    assert answer.status_code == 503, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"]) == ("api_error", "service_unavailable")
+    if relayed:
+        assert answer.headers.get("x-request-id")
+
+
+def test_a_deleted_sqlite_ledger_is_noticed_and_never_replaced_by_an_empty_one(
+    tmp_path: Path, upstream: ServerThread
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    config = replica_config(upstream.url, f"sqlite:///{data / 'ledger.db'}", auth="none")
+    env = {"FOOTPRINT_ADMIN_KEY": ADMIN_KEY}
+    with ProxyProcess("deleted-ledger", config, tmp_path / "run", env) as proxy:
+        with httpx.Client(base_url=proxy.url, timeout=30.0) as client:
+            assert client.post("/admin/teams", json={"name": "a"}, headers=ADMIN).status_code == 201
+            assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            shutil.rmtree(data)  # the ledger's directory, gone while serving
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["ledger"] == "unavailable"
+            _assert_service_unavailable(client.post("/v1/chat/completions", json=CHAT))
+            _assert_service_unavailable(
+                client.post("/admin/teams", json={"name": "b"}, headers=ADMIN), relayed=False
+            )
+    # Restarted, it refuses to start on an empty ledger where one existed: one line, no
+    # traceback, nothing created.
+    again = ProxyProcess("deleted-ledger-restart", config, tmp_path / "run", env).launch()
+    assert again.process is not None
+    assert again.process.wait(timeout=60) != 0
+    log = again.log_tail()
+    assert "Traceback" not in log
+    assert str(data) in log
+    assert not data.exists()
+
+    # The file alone deleted (its directory kept): the same refusal.
+    data.mkdir()
+    with ProxyProcess("file-only", config, tmp_path / "run2", env):
+        pass
+    (data / "ledger.db").unlink()
+    again = ProxyProcess("file-only-restart", config, tmp_path / "run2", env).launch()
+    assert again.process is not None
+    assert again.process.wait(timeout=60) != 0
+    assert not (data / "ledger.db").exists()
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_ledger_that_cannot_write_answers_503_and_is_not_ready(
+    tmp_path: Path, upstream: ServerThread, pg_url: str
+) -> None:
+    schema = pg_url.rsplit("schema=", 1)[1]
+    config = replica_config(upstream.url, pg_url, auth="none")
+    with ProxyProcess("unwritable", config, tmp_path) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30.0) as client:
+            assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+            conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": schema})
+            try:
+                await conn.execute(
+                    "ALTER TABLE requests ADD CONSTRAINT no_rows CHECK (false) NOT VALID"
+                )
+                _assert_service_unavailable(await client.post("/v1/chat/completions", json=CHAT))
+                ready = await client.get("/readyz")
+                assert ready.status_code == 503
+                assert ready.json()["ledger"] == "unavailable"
+                await conn.execute("ALTER TABLE requests DROP CONSTRAINT no_rows")
+                assert (await client.get("/readyz")).status_code == 200
+                assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+                rows = await conn.fetchval("SELECT count(*) FROM requests")
+                assert rows == 2
+            finally:
+                await conn.close()
+
+
+@pytest.mark.postgres
+def test_postgresql_missing_at_start_is_one_line_and_a_clean_exit(
+    tmp_path: Path, upstream: ServerThread
+) -> None:
+    port = free_port()  # nothing listens there
+    config = replica_config(
+        upstream.url,
+        f"postgresql://postgres@127.0.0.1:{port}/test",
+        auth="none",
+        ledger={"connect_retry_s": 2.0},
+    )
+    proxy = ProxyProcess("no-postgres", config, tmp_path).launch()
+    assert proxy.process is not None
+    assert proxy.process.wait(timeout=60) == 1
+    log = proxy.log_tail()
+    assert "Traceback" not in log
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    assert "retrying" in log
+    assert f"127.0.0.1:{port}" in lines[-1]

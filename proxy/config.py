@@ -166,6 +166,11 @@ class UpstreamSettings(_Section):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_connections: Annotated[int, Field(gt=0)] = 256
+    # How long an idle upstream connection is kept for reuse. Below the upstream's own
+    # keep-alive (uvicorn, so vLLM and llama.cpp's Python servers: 5 s; Node: 5 s), or the
+    # upstream closes a connection just as a request is sent on it, and that request fails
+    # with a 502 (ReadError). 0: a new connection per request.
+    keepalive_expiry_s: Annotated[float, Field(ge=0)] = 4.0
     # Where the upstream's own tokenizer answers (llama.cpp server: /extras/tokenize), used to
     # count prompt tokens when the upstream streams no usage.
     tokenize_url: str = ""

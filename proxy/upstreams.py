@@ -167,7 +167,7 @@ def build_client(
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,
-        keepalive_expiry=30.0,
+        keepalive_expiry=settings.keepalive_expiry_s,
     )
     return UpstreamClient(
         base_url=settings.base_url,

@@ -4,6 +4,7 @@ processes (issue 11, defects 9, 11 and 12)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Iterator
@@ -96,19 +97,21 @@ def test_a_deleted_sqlite_ledger_is_noticed_and_never_replaced_by_an_empty_one(
     data.mkdir()
     config = replica_config(upstream.url, f"sqlite:///{data / 'ledger.db'}", auth="none")
     env = {"FOOTPRINT_ADMIN_KEY": ADMIN_KEY}
-    with ProxyProcess("deleted-ledger", config, tmp_path / "run", env) as proxy:
-        with httpx.Client(base_url=proxy.url, timeout=30.0) as client:
-            assert client.post("/admin/teams", json={"name": "a"}, headers=ADMIN).status_code == 201
-            assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
-            assert client.get("/readyz").status_code == 200
-            shutil.rmtree(data)  # the ledger's directory, gone while serving
-            ready = client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["ledger"] == "unavailable"
-            _assert_service_unavailable(client.post("/v1/chat/completions", json=CHAT))
-            _assert_service_unavailable(
-                client.post("/admin/teams", json={"name": "b"}, headers=ADMIN), relayed=False
-            )
+    with (
+        ProxyProcess("deleted-ledger", config, tmp_path / "run", env) as proxy,
+        httpx.Client(base_url=proxy.url, timeout=30.0) as client,
+    ):
+        assert client.post("/admin/teams", json={"name": "a"}, headers=ADMIN).status_code == 201
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert client.get("/readyz").status_code == 200
+        shutil.rmtree(data)  # the ledger's directory, gone while serving
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["ledger"] == "unavailable"
+        _assert_service_unavailable(client.post("/v1/chat/completions", json=CHAT))
+        _assert_service_unavailable(
+            client.post("/admin/teams", json={"name": "b"}, headers=ADMIN), relayed=False
+        )
     # Restarted, it refuses to start on an empty ledger where one existed: one line, no
     # traceback, nothing created.
     again = ProxyProcess("deleted-ledger-restart", config, tmp_path / "run", env).launch()
@@ -176,3 +179,33 @@ def test_postgresql_missing_at_start_is_one_line_and_a_clean_exit(
     lines = [ln for ln in log.splitlines() if ln.strip()]
     assert "retrying" in log
     assert f"127.0.0.1:{port}" in lines[-1]
+
+
+@pytest.mark.postgres
+async def test_a_ledger_pool_that_runs_out_answers_503_with_a_log_line(
+    tmp_path: Path, upstream: ServerThread, pg_url: str
+) -> None:
+    """Two connections (the row writer holds one) and a 10 ms wait for a free one: of 40
+    reports read at once some find none, and each of those is a 503, never a 500."""
+    config = replica_config(
+        upstream.url,
+        pg_url,
+        auth="none",
+        ledger={"pool_size": 2, "pool_max_overflow": 0, "pool_timeout_s": 0.01},
+    )
+    with ProxyProcess("small-pool", config, tmp_path) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30.0) as client:
+            assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+            answers = await asyncio.gather(
+                *(
+                    client.get("/v1/footprint/usage", params={"group_by": "model"})
+                    for _ in range(40)
+                )
+            )
+        statuses = {a.status_code for a in answers}
+        assert statuses <= {200, 503}, [a.text for a in answers if a.status_code not in (200, 503)]
+        assert 503 in statuses
+        for answer in answers:
+            if answer.status_code == 503:
+                _assert_service_unavailable(answer, relayed=False)
+        assert "ledger unavailable" in proxy.log_tail(20_000)

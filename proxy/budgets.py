@@ -185,6 +185,10 @@ class _Backend(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def claim(self, request_id: str, team: str) -> bool: ...
+
+    async def unclaim(self, request_id: str) -> None: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -224,6 +228,7 @@ class LocalBackend:
         self._clock = clock
         self._teams: dict[str, _TeamState] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self._claims: dict[str, str] = {}  # request ids in flight -> team
 
     async def _state(self, team: str, day: str, month: str) -> _TeamState:
         state = self._teams.get(team)
@@ -328,6 +333,15 @@ class LocalBackend:
     async def ping(self) -> None:
         """Nothing to reach: the counts are in this process."""
 
+    async def claim(self, request_id: str, team: str) -> bool:
+        if request_id in self._claims:
+            return False
+        self._claims[request_id] = team
+        return True
+
+    async def unclaim(self, request_id: str) -> None:
+        self._claims.pop(request_id, None)
+
     async def aclose(self) -> None:
         self._teams.clear()
 
@@ -381,6 +395,29 @@ class Budgets:
     async def ping(self) -> None:
         """Raises StoreUnavailable when the budget store does not answer (for /readyz)."""
         await self._backend.ping()
+
+    async def claim(self, request_id: str, team: str) -> bool:
+        """Mark a client-chosen request id as in flight, for every replica; False when it
+        already is (by any team). Held until `unclaim` (once the request's row is durable,
+        or it failed), or the reservation TTL for a replica that died. With the store down,
+        policy decides as for reservations: "refuse" answers 503, "allow" claims locally."""
+        try:
+            self._check_store()
+            return await self._backend.claim(request_id, team)
+        except StoreUnavailable as exc:
+            self._store_failed("claim", exc)
+            if self._on_store_error == "refuse":
+                raise ServiceUnavailable(
+                    "the budget store is unreachable; requests are refused until it is back"
+                ) from None
+            return True
+
+    async def unclaim(self, request_id: str) -> None:
+        try:
+            self._check_store()
+            await self._backend.unclaim(request_id)
+        except StoreUnavailable as exc:
+            self._store_failed("unclaim", exc)  # it expires on its own
 
     async def reserve(self, team: str, worst: Usage, request_id: str) -> Reservation:
         """Hold `worst` against every budget of `team`; BudgetExceeded when one cannot cover it."""

@@ -372,6 +372,25 @@ class RedisBackend:
         _, lines = _parse_lines(await self._run(self._lines, team, day, month, [day, month]))
         return lines
 
+    async def claim(self, request_id: str, team: str) -> bool:
+        """SET NX on a key of its own (not under the team's hash tag: the id is unique across
+        teams), expiring after the reservation TTL."""
+        from redis.exceptions import RedisError
+
+        key = f"{self._prefix}:claim:{request_id}"
+        try:
+            return bool(await self._redis.set(key, team, nx=True, px=int(self._ttl_s * 1000)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+
+    async def unclaim(self, request_id: str) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.delete(f"{self._prefix}:claim:{request_id}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+
     async def ping(self) -> None:
         """Raises StoreUnavailable if Redis does not answer within the socket timeout."""
         from redis.exceptions import RedisError

@@ -171,6 +171,9 @@ class UpstreamSettings(_Section):
     # upstream closes a connection just as a request is sent on it, and that request fails
     # with a 502 (ReadError). 0: a new connection per request.
     keepalive_expiry_s: Annotated[float, Field(ge=0)] = 4.0
+    # The most bytes an upstream's whole answer, or one event of its stream, may have; over
+    # it the request is a 502 (a stream: cut with an error event).
+    max_response_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
     # Where the upstream's own tokenizer answers (llama.cpp server: /extras/tokenize), used to
     # count prompt tokens when the upstream streams no usage.
     tokenize_url: str = ""

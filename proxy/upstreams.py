@@ -56,6 +56,15 @@ class Upstream:
     def host(self) -> str:
         return httpx.URL(self.settings.base_url).host
 
+    def redact(self, data: bytes) -> bytes:
+        """`data` with the upstream's own credential (the key its client sends) cut out, for
+        anything of the upstream's that is passed on to a client."""
+        authorization = self.client.headers.get("authorization", "")
+        secret = authorization.partition(" ")[2].strip() or authorization.strip()
+        if len(secret) < 4:
+            return data
+        return data.replace(secret.encode(), b"[redacted]")
+
     def post_request(self, path: str, content: bytes, headers: Mapping[str, str]) -> httpx.Request:
         """A POST of `content` to `path` under the upstream's base URL, for `client.send`:
         what `client.build_request` makes (the client's headers, then `headers`, lower-case

@@ -138,6 +138,12 @@ class Ledger(Store):
 
     # -- reading ----------------------------------------------------------------------------
 
+    async def has_request(self, request_id: str) -> bool:
+        """Whether a row with `request_id` exists, of any team (one primary-key lookup)."""
+        query = select(requests.c.request_id).where(requests.c.request_id == request_id)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def get_request(self, request_id: str, team: str | None) -> dict[str, Any] | None:
         """The record of one request; with `team`, only if it is that team's."""
         query = select(requests).where(requests.c.request_id == request_id)

@@ -26,7 +26,9 @@ def upstream_headers(
         headers["x-request-id"] = request_id
     for name in FORWARDED_HEADERS:
         value = incoming.get(name)
-        if value is not None:
+        # Only what can be sent as it came: a value with bytes outside visible ASCII (which
+        # the upstream client would refuse to encode) is not carried on.
+        if value is not None and value.isascii() and value.isprintable():
             headers[name] = value
     return headers
 
@@ -46,9 +48,24 @@ async def send(upstream: Upstream, request: httpx.Request) -> httpx.Response:
 
 
 async def read_whole(upstream: Upstream, response: httpx.Response) -> bytes:
-    """The whole body of `response`, which is closed after."""
+    """The whole body of `response` (at most `max_response_bytes`), which is closed after."""
+    limit = upstream.settings.max_response_bytes
+    too_large = UpstreamUnavailable(
+        f"upstream {upstream.name} answered more than the limit of {limit} bytes "
+        "(upstreams.max_response_bytes)"
+    )
+    declared = response.headers.get("content-length", "")
     try:
-        return await response.aread()
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except httpx.TimeoutException:
         raise UpstreamTimeout(f"upstream {upstream.name} did not finish in time") from None
     except httpx.HTTPError as exc:
@@ -59,20 +76,31 @@ async def read_whole(upstream: Upstream, response: httpx.Response) -> bytes:
         await response.aclose()
 
 
-async def read_error(response: httpx.Response) -> bytes:
-    """An upstream error's body, as much of it as arrives."""
+async def read_error(upstream: Upstream, response: httpx.Response) -> bytes:
+    """An upstream error's body, as much of it as arrives (up to `max_response_bytes`)."""
+    limit = upstream.settings.max_response_bytes
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await response.aread()
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
     except httpx.HTTPError:
-        return b""
+        pass
     finally:
         await response.aclose()
+    return b"".join(chunks)[:limit]
 
 
-def passed_error(response: httpx.Response, raw: bytes, request_id: str) -> Response:
-    """The upstream's own error, passed back with its status and body unchanged."""
+def passed_error(
+    upstream: Upstream, response: httpx.Response, raw: bytes, request_id: str
+) -> Response:
+    """The upstream's own error, passed back with its status and body, less the upstream's
+    credential should the body echo it; of its headers only the content type."""
     return Response(
-        raw,
+        upstream.redact(raw),
         status_code=response.status_code,
         media_type=response.headers.get("content-type", "application/json"),
         headers={"x-request-id": request_id},

@@ -37,7 +37,7 @@ async def relay_whole(
     tally.status = response.status_code
     if response.status_code >= 400:
         await finisher.upstream_error(call, track, reservation, response.status_code)
-        return send.passed_error(response, raw, call.request_id)
+        return send.passed_error(upstream, response, raw, call.request_id)
     answer = _json_object(raw)
     if answer is None:
         not_json = UpstreamUnavailable(f"upstream {upstream.name} answered something not JSON")

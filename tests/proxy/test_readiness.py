@@ -101,7 +101,11 @@ def test_a_deleted_sqlite_ledger_is_noticed_and_never_replaced_by_an_empty_one(
         ProxyProcess("deleted-ledger", config, tmp_path / "run", env) as proxy,
         httpx.Client(base_url=proxy.url, timeout=30.0) as client,
     ):
-        assert client.post("/admin/teams", json={"name": "a"}, headers=ADMIN).status_code == 201
+        assert (
+            client.post("/admin/teams", json={"name": "default"}, headers=ADMIN).status_code == 201
+        )
+        budget = {"team": "default", "metric": "requests", "period": "total", "limit": 100}
+        assert client.put("/admin/budgets", json=budget, headers=ADMIN).status_code == 200
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
         assert client.get("/readyz").status_code == 200
         shutil.rmtree(data)  # the ledger's directory, gone while serving
@@ -109,6 +113,10 @@ def test_a_deleted_sqlite_ledger_is_noticed_and_never_replaced_by_an_empty_one(
         assert ready.status_code == 503
         assert ready.json()["ledger"] == "unavailable"
         _assert_service_unavailable(client.post("/v1/chat/completions", json=CHAT))
+        # A stream cannot be recorded either: it ends with the error and [DONE], not cut.
+        streamed = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert '"code":"service_unavailable"' in streamed.text
+        assert streamed.text.rstrip().endswith("data: [DONE]")
         _assert_service_unavailable(
             client.post("/admin/teams", json={"name": "b"}, headers=ADMIN), relayed=False
         )
@@ -139,8 +147,14 @@ async def test_a_postgresql_ledger_that_cannot_write_answers_503_and_is_not_read
 ) -> None:
     schema = pg_url.rsplit("schema=", 1)[1]
     config = replica_config(upstream.url, pg_url, auth="none")
-    with ProxyProcess("unwritable", config, tmp_path) as proxy:
+    env = {"FOOTPRINT_ADMIN_KEY": ADMIN_KEY}
+    with ProxyProcess("unwritable", config, tmp_path, env) as proxy:
         async with httpx.AsyncClient(base_url=proxy.url, timeout=30.0) as client:
+            await client.post("/admin/teams", json={"name": "default"}, headers=ADMIN)
+            budget = {"team": "default", "metric": "requests", "period": "total", "limit": 100}
+            assert (
+                await client.put("/admin/budgets", json=budget, headers=ADMIN)
+            ).status_code == 200
             assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
             conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": schema})
             try:
@@ -148,6 +162,15 @@ async def test_a_postgresql_ledger_that_cannot_write_answers_503_and_is_not_read
                     "ALTER TABLE requests ADD CONSTRAINT no_rows CHECK (false) NOT VALID"
                 )
                 _assert_service_unavailable(await client.post("/v1/chat/completions", json=CHAT))
+                # A stream's reservation is given back at once (it was held for 600 s), and
+                # the stream ends with the error and [DONE] instead of being cut.
+                streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+                assert '"code":"service_unavailable"' in streamed.text
+                assert streamed.text.rstrip().endswith("data: [DONE]")
+                lines = await client.get(
+                    "/admin/budgets", params={"team": "default"}, headers=ADMIN
+                )
+                assert lines.json()["data"][0]["reserved"] == 0
                 ready = await client.get("/readyz")
                 assert ready.status_code == 503
                 assert ready.json()["ledger"] == "unavailable"

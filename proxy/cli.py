@@ -44,8 +44,11 @@ def run_server(settings: Settings) -> int:
     except LedgerUnreachable as error:
         print(f"footprint: {error}", file=sys.stderr)
         return 1
+    from proxy.server import limited_protocol
+
     uvicorn.run(
         create_app(settings),
+        http=limited_protocol(settings.server),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,

@@ -45,6 +45,10 @@ class ServerSettings(_Section):
     auth: Literal["keys", "none"] = "keys"
     admin_key_env: str = "FOOTPRINT_ADMIN_KEY"
     max_body_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+    # The request line and headers together; over it: 431, connection closed.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    # From the end of the headers to the end of the body; over it: 408, connection closed.
+    body_read_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     footprint_in_body: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from meters import Hardware, SiteFactors
 from meters.calibration import Calibrations
@@ -234,6 +235,20 @@ def _no_native_telemetry() -> dict[str, Any]:
     return {"telemetry": {**off, "auto_configure": False}}
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves on the request's path (each asked of the router, as
+    included routers keep their routes to themselves)."""
+    methods = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        scope = {**request.scope, "method": method}
+        if any(
+            isinstance(route, BaseRoute) and route.matches(scope)[0] == Match.FULL
+            for route in app.router.routes
+        ):
+            methods.append(method)
+    return methods
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
@@ -257,7 +272,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = ProxyError(str(exc.detail))
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error"
-        return error.to_response(exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only.
+            headers["allow"] = ", ".join(_allowed_methods(app, request))
+            headers.pop("Allow", None)
+        return error.to_response(headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         if ledger_unavailable(exc):

@@ -93,3 +93,15 @@ def test_a_body_that_does_not_arrive_in_time_is_408_and_the_connection_closed(
         assert not answer.endswith(b"<still open>")
         assert b'"code":"request_timeout"' in answer
     assert len(upstream_log.requests) == calls
+
+
+def test_a_405_names_every_method_the_path_has(proxy: ProxyProcess) -> None:
+    """Defect 17: the Allow header listed the first route's methods only."""
+    answer = httpx.request("PATCH", f"{proxy.url}/admin/teams", timeout=30.0)
+    assert answer.status_code == 405
+    allowed = {m.strip() for m in answer.headers["allow"].split(",")}
+    assert {"GET", "POST"} <= allowed
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    chat = httpx.get(f"{proxy.url}/v1/chat/completions", timeout=30.0)
+    assert chat.status_code == 405
+    assert chat.headers["allow"] == "POST"

@@ -30,6 +30,9 @@ def run_server(settings: Settings) -> int:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.server.log_level != "debug":
+        # Alembic says "setup plugin …" seven times at INFO on every start: that is debugging.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if not settings.upstreams:
         print("footprint: no [[upstreams]] configured; nothing to relay to", file=sys.stderr)
         return 2
@@ -74,9 +77,19 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    from meters import MeterError
     from meters.agent import run_agent
 
-    run_agent(args.host, args.port, args.gpus)
+    try:
+        run_agent(args.host, args.port, args.gpus)
+    except MeterError as error:
+        print(f"footprint agent: cannot read this host's GPUs: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(
+            f"footprint agent: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr
+        )
+        return 1
     return 0
 
 

@@ -3,15 +3,17 @@ traceback, and a start on a machine without a GPU does not flood the log."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.processes import REPO_ROOT, ProxyProcess, replica_config
-from tests.support.servers import free_port
+from tests.support.servers import ServerThread, free_port
 
 
 def footprint(*args: str, cwd: Path, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -65,3 +67,39 @@ def test_serve_logs_a_failing_meter_once_not_every_tick_and_alembic_stays_quiet(
     assert "logged again once a minute" in failures[0]
     assert "alembic" not in log
     assert "footprint ready" in log  # INFO lines are on: the quiet is Alembic's alone
+
+
+def test_report_against_a_proxy_with_auth_none_needs_no_admin_key(
+    tmp_path: Path, upstream: ServerThread
+) -> None:
+    config = replica_config(upstream.url, f"sqlite:///{tmp_path / 'ledger.db'}", auth="none")
+    with ProxyProcess("local", config, tmp_path) as proxy:
+        answer = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert answer.status_code == 200
+        result = footprint("report", "--url", proxy.url, "--format", "json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)["data"]
+        assert [(r["team"], r["requests"]) for r in rows] == [("default", 1)]
+        # The admin commands cannot work without an admin key; they say exactly why.
+        refused = footprint("teams", "create", "search", "--url", proxy.url, cwd=tmp_path)
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert lines == [
+        f"footprint: the proxy at {proxy.url} has no admin key, so its admin API is off: start "
+        "it with FOOTPRINT_ADMIN_KEY set (server.admin_key_env), then set the same value here"
+    ]
+
+
+def test_report_against_a_proxy_with_keys_says_which_key_to_set(tmp_path: Path) -> None:
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'ledger.db'}")
+    env = {"FOOTPRINT_ADMIN_KEY": "admin-secret"}
+    with ProxyProcess("keys", config, tmp_path, env=env) as proxy:
+        result = footprint("report", "--url", proxy.url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f'footprint: the proxy at {proxy.url} wants a key (server.auth = "keys"): set '
+        "FOOTPRINT_ADMIN_KEY to the value it was started with"
+    ]

@@ -50,7 +50,13 @@ def run_server(settings: Settings) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
-    return run_demo(port=args.port, model_dir=args.model_dir, once=args.once, prompt=args.prompt)
+    return run_demo(
+        port=args.port,
+        model_dir=args.model_dir,
+        once=args.once,
+        prompt=args.prompt,
+        model_server_module=args.model_server_module,
+    )
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -116,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model-dir", default=None, help="where to keep the model file")
     demo.add_argument("--prompt", default="Write one sentence about the sea.")
     demo.add_argument("--once", action="store_true", help="exit after the first request")
+    # The module run as the model server, with llama_cpp.server's options: the tests put a
+    # small stand-in here so that CI need not build llama.cpp. Not for users, hence hidden.
+    demo.add_argument("--model-server-module", default="llama_cpp.server", help=argparse.SUPPRESS)
     demo.set_defaults(func=_demo)
 
     estimate = commands.add_parser("estimate", help="estimate one request's footprint offline")

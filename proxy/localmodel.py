@@ -21,6 +21,7 @@ import httpx
 MODEL_ALIAS = "gemma-3-270m"
 # Gemma 3 270M: 268M parameters (Google's model card), 170M of them embeddings.
 MODEL_PARAMS_B = 0.27
+SERVER_MODULE = "llama_cpp.server"
 
 
 def default_model_dir() -> Path:
@@ -51,13 +52,23 @@ def free_port() -> int:
 
 
 def start_llama_server(
-    model_path: Path, port: int, *, threads: int = 2, log_path: Path | None = None
+    model_path: Path,
+    port: int,
+    *,
+    threads: int = 2,
+    log_path: Path | None = None,
+    server_module: str = SERVER_MODULE,
 ) -> subprocess.Popen[bytes]:
-    """Start llama.cpp's OpenAI-compatible server; returns once it answers `/v1/models`."""
+    """Start llama.cpp's OpenAI-compatible server; returns once it answers `/v1/models`.
+
+    It runs under `proxy.childguard`, its standard input a pipe this process holds: if this
+    process dies in any way, the server ends too. `server_module` is another module taking
+    llama_cpp.server's options (the tests' stand-in)."""
     args = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "proxy.childguard",
+        server_module,
         "--model",
         str(model_path),
         "--model_alias",
@@ -77,24 +88,41 @@ def start_llama_server(
         "--disable_ping_events",
         "True",
     ]
-    output = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    url = f"http://127.0.0.1:{port}/v1/models"
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=log if log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        if log is not None:
+            log.close()  # the child has its own copy
+    try:
+        _wait_ready(process, f"http://127.0.0.1:{port}/v1/models", timeout_s=120.0)
+    except BaseException:
+        stop(process)  # a signal or a failure while it starts: it must not stay behind
+        raise
+    return process
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"llama.cpp server exited with status {process.returncode}")
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
-                return process
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("llama.cpp server did not become ready in 120 s")
+    raise RuntimeError(f"llama.cpp server did not become ready in {timeout_s:.0f} s")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server: SIGTERM, then SIGKILL after 10 s. Safe to call more than once."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -102,3 +130,5 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    if process.stdin is not None:
+        process.stdin.close()

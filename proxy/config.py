@@ -274,7 +274,21 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             continue  # FOOTPRINT_ADMIN_KEY and other secrets are not settings
         path = name[len(ENV_PREFIX) :].lower().split("__")
         node: Any = data
-        for i, part in enumerate(path[:-1]):
+        for i, part in enumerate(path):
+            # A path through a value ("SERVER__PORT__X") or a list by name is the user's slip:
+            # one line naming the variable, not a TypeError from deep in here.
+            if not isinstance(node, dict | list) or (isinstance(node, list) and not part.isdigit()):
+                where = ".".join(path[:i]) or "(top level)"
+                raise ConfigError(
+                    f"configuration error: {name}: {where} is "
+                    + (
+                        "a list: the next part must be a number"
+                        if isinstance(node, list)
+                        else "a value, not a table"
+                    )
+                )
+            if i == len(path) - 1:
+                break
             nxt_is_index = path[i + 1].isdigit()
             if isinstance(node, list):
                 index = int(part)

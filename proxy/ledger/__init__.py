@@ -15,14 +15,18 @@ from proxy.ledger._records import (
     figure_columns,
     iso,
 )
+from proxy.ledger._series import BUCKETS, ORDER_FIELDS, SERIES_KEYS
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
 from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
+    "BUCKETS",
     "GROUP_KEYS",
     "METRICS",
+    "ORDER_FIELDS",
     "PERIODS",
+    "SERIES_KEYS",
     "SUM_FIELDS",
     "AlreadyExists",
     "Endpoint",

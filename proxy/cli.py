@@ -9,7 +9,6 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 from meters.constants import (
     AGENT_DEFAULT_PORT,
@@ -86,12 +85,21 @@ def run_server(settings: Settings) -> int:
     if not settings.upstreams:
         print("footprint: no [[upstreams]] configured; nothing to relay to", file=sys.stderr)
         return 2
-    problem = ledger_problem(settings)
-    if problem is not None:
-        print(f"footprint: {problem}", file=sys.stderr)
+    from proxy.ledger import LedgerConfigError, LedgerUnreachable, check_reachable
+
+    try:
+        asyncio.run(check_reachable(settings.ledger))
+    except LedgerConfigError as error:
+        print(f"footprint: {error}", file=sys.stderr)
         return 2
+    except LedgerUnreachable as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 1
+    from proxy.server import limited_protocol
+
     uvicorn.run(
         create_app(settings),
+        http=limited_protocol(settings.server),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
@@ -99,33 +107,6 @@ def run_server(settings: Settings) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
-
-
-def ledger_problem(settings: Settings) -> str | None:
-    """Open the ledger once before serving and say in one line why it cannot be, or None.
-
-    The app opens it again in its lifespan, where a failure (PostgreSQL unreachable, a wrong
-    password, a database that does not exist) would end in a 130-line traceback from uvicorn.
-    With server.log_level = "debug" the error is raised, traceback and all."""
-    from proxy.ledger import open_ledger
-
-    async def open_and_close() -> None:
-        ledger = await open_ledger(settings.ledger)
-        await ledger.aclose()
-
-    try:
-        asyncio.run(open_and_close())
-    except Exception as error:
-        if settings.server.log_level == "debug":
-            raise
-        parts = urlsplit(settings.ledger.url)
-        where = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no secrets
-        detail = (str(error).strip().splitlines() or [""])[0]
-        return (
-            f"ledger.url: cannot open {where}: {type(error).__name__}: {detail} "
-            '(server.log_level = "debug" shows the traceback)'
-        )
-    return None
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ from proxy.routes.footprint import footprint_router
 from proxy.routes.footprint_views import views_router
 from proxy.services import Services
 from proxy.upstreams import Upstream, UpstreamRouter, build_client
+from proxy.warmup import warm_up
 
 log = logging.getLogger("footprint")
 
@@ -189,6 +190,7 @@ def create_app(
         app.state.telemetry = tel
         for upstream in upstreams:
             upstream.meter.start()
+        await warm_up(services)  # before uvicorn listens: no first request pays for it
         log.info(
             "footprint ready: %d upstream(s), ledger %s, auth %s",
             len(upstreams),

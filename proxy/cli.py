@@ -67,10 +67,19 @@ def _serve(args: argparse.Namespace) -> int:
             update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         )
         settings = settings.model_copy(update={"server": server})
-    return run_server(settings)
+    return run_server(settings, workers=args.workers)
 
 
-def run_server(settings: Settings) -> int:
+def _workers(text: str) -> int:
+    from proxy.workers import worker_count
+
+    try:
+        return worker_count(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def run_server(settings: Settings, workers: int = 1) -> int:
     import uvicorn
 
     from proxy.app import create_app
@@ -85,6 +94,12 @@ def run_server(settings: Settings) -> int:
     if not settings.upstreams:
         print("footprint: no [[upstreams]] configured; nothing to relay to", file=sys.stderr)
         return 2
+    from proxy.workers import refusal
+
+    refused = refusal(settings, workers)
+    if refused:
+        print(f"footprint: {refused}", file=sys.stderr)
+        return 2
     from proxy.ledger import LedgerConfigError, LedgerUnreachable, check_reachable
 
     try:
@@ -95,6 +110,8 @@ def run_server(settings: Settings) -> int:
     except LedgerUnreachable as error:
         print(f"footprint: {error}", file=sys.stderr)
         return 1
+    if workers > 1:
+        return _serve_workers(settings, workers)
     from proxy.server import limited_protocol
 
     uvicorn.run(
@@ -107,6 +124,18 @@ def run_server(settings: Settings) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    from proxy.workers import bind, run_worker, supervise
+
+    host, port = settings.server.host, settings.server.port
+    try:
+        sock = bind(host, port, listen=False)
+    except OSError as error:
+        print(f"footprint: cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        return 1
+    return supervise(workers, sock, lambda peers: run_worker(settings, peers))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -192,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file (default: ./footprint.toml if present)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=_port)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help='processes on one port, each with its own event loop (default 1; "auto": the '
+        "cores this process may use); more than 1 needs budgets.redis_url",
+    )
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(

@@ -16,4 +16,9 @@ def metrics(request: Request) -> Response:
     if not telemetry:
         return Response(b"", media_type="text/plain; version=0.0.4; charset=utf-8")
     body, content_type = telemetry.prometheus_text()
+    peers = getattr(request.app.state, "metrics_sockets", None)  # footprint serve --workers N
+    if peers:
+        from proxy.telemetry.merge import fetch, merge
+
+        body = merge([body, *(t for t in map(fetch, peers[1:]) if t is not None)])
     return Response(body, headers={"content-type": content_type})

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,10 @@ class ProxyProcess:
         workdir: Path,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.name = name
+        self.args = list(args)  # more `footprint serve` options, e.g. --workers 2
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -131,7 +133,10 @@ class ProxyProcess:
             raise RuntimeError(f"{self.name} is already running")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path)],
+                [
+                    *(sys.executable, "-m", "proxy.cli", "serve"),
+                    *("--config", str(self.config_path), *self.args),
+                ],
                 cwd=self.workdir,
                 env={**self.env, "PYTHONPATH": str(REPO_ROOT)},
                 stdout=log,

@@ -1,0 +1,174 @@
+"""`footprint serve --workers N|auto`: N processes on one port, each with its own event loop.
+
+The supervisor (the process `footprint serve` started) holds the port, then forks the
+workers, each listening on a socket of its own with SO_REUSEPORT: the kernel hands each new
+connection to one of them, spread evenly. The app is built in each worker after the fork
+(threads, event loops, pools and database connections are never inherited); what was
+imported before it is shared copy-on-write. A worker that dies is started again; SIGTERM
+(or SIGINT) to the supervisor stops every worker gracefully, as one process would stop.
+
+What must be one for the whole machine is, or the start is refused (`refusal`):
+
+- budgets: counted in Redis (`budgets.redis_url`), which every worker shares exactly as
+  replicas do. Without it each worker would count its own share of a budget; rather than a
+  second cross-process store, `--workers > 1` then refuses to start and says which key.
+- revocation: the ledger is shared by every worker (a PostgreSQL database, or one SQLite
+  file whose revocation epoch file every process stats before trusting its key cache).
+- meters: a measured meter (`nvml`, `prometheus`) read by N workers would attribute the
+  GPU's energy N times over (each worker sees only its own requests in flight); that is
+  refused. The estimate meter is per request and exact in any worker.
+- `/metrics`: every worker answers its own metrics on a Unix socket in a private folder;
+  the worker that gets `GET /metrics` sums them (see `proxy/telemetry/merge.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from proxy.config import Settings
+
+log = logging.getLogger("footprint.workers")
+
+
+def worker_count(text: str) -> int:
+    """`--workers`' value: a whole number from 1, or "auto" (the cores this process may use)."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f'must be a whole number from 1, or "auto", not {text!r}')
+    return int(text)
+
+
+def refusal(settings: Settings, workers: int) -> str | None:
+    """Why `settings` cannot run in `workers` processes on one machine; None when it can."""
+    if workers == 1:
+        return None
+    if not settings.budgets.redis_url:
+        return (
+            f"--workers {workers} needs budgets.redis_url: budgets must be counted in one "
+            "store that every worker shares (set budgets.redis_url, or run one worker)"
+        )
+    for upstream in settings.upstreams:
+        if upstream.meter.kind != "estimate":
+            return (
+                f"--workers {workers} cannot share upstream {upstream.name!r}'s measured "
+                f"meter (kind {upstream.meter.kind!r}: each worker would attribute the whole "
+                "GPU to its own requests); run one worker per measured GPU node"
+            )
+    return None
+
+
+def bind(host: str, port: int, *, listen: bool) -> socket.socket:
+    """A socket on `host:port` with SO_REUSEPORT. The supervisor's holds the port without
+    listening (and says at once when it is taken); each worker listens on one of its own, and
+    the kernel spreads new connections evenly over the listening ones."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+        if listen:
+            sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def supervise(workers: int, sock: socket.socket, run_worker: Callable[[list[Path]], int]) -> int:
+    """Fork `workers` processes running `run_worker(metrics_sockets)` (the first path is the
+    worker's own, where it answers its metrics) while `sock` holds the port; restart any that
+    dies until a SIGTERM or SIGINT, then stop them all. Returns 0, or 1 when a worker failed
+    to start."""
+    folder = Path(tempfile.mkdtemp(prefix="footprint-workers-"))
+    paths = [folder / f"worker-{i}.sock" for i in range(workers)]
+    running: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def fork(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                sock.close()
+                code = run_worker([paths[index], *paths[:index], *paths[index + 1 :]])
+            finally:
+                os._exit(code)
+        running[pid] = index
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(running):
+            # Ctrl-C reached the workers already (one process group); a SIGTERM did not.
+            if signum == signal.SIGTERM:
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    failed = False
+    try:
+        for index in range(workers):
+            fork(index)
+        log.info("footprint: %d workers on one port (pids %s)", workers, sorted(running))
+        while running:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:  # pragma: no cover - Python retries wait() itself
+                continue
+            index = running.pop(pid, -1)
+            if index < 0 or stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code == 3:  # uvicorn's "startup failed": restarting will not help
+                failed = True
+                stop(signal.SIGTERM, None)
+                continue
+            log.error(
+                "footprint: worker %d (pid %d) exited with %d; restarting it", index, pid, code
+            )
+            fork(index)
+    finally:
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:
+    """One worker: the app on its own event loop, on a listening socket of its own; its
+    metrics answered on `metrics_sockets[0]`, the others' summed into its `/metrics`.
+    Returns 3 when the app did not start (uvicorn's code for it), else 0."""
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.server import limited_protocol
+    from proxy.telemetry.merge import serve_metrics
+
+    app = create_app(settings)
+    app.state.metrics_sockets = metrics_sockets
+    serve_metrics(metrics_sockets[0], lambda: app.state.telemetry)
+    config = uvicorn.Config(
+        app,
+        http=limited_protocol(settings.server),
+        log_level=settings.server.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    sock = bind(settings.server.host, settings.server.port, listen=True)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3

@@ -1,0 +1,195 @@
+"""`footprint serve --workers 2`: two processes on one port that count as one proxy. Budgets
+hold exactly across them (Redis), a key revoked through one is refused by both at once, and
+`/metrics` sums both; what cannot be shared is refused at start with one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.telemetry.merge import fetch
+from tests.conftest import REDIS_URL
+from tests.support.fake_upstream import UpstreamLog, make_upstream
+from tests.support.processes import REPO_ROOT, ProxyProcess, replica_config, to_toml
+from tests.support.servers import ServerThread
+
+pytestmark = pytest.mark.redis
+
+ADMIN_KEY = "admin-" + secrets.token_hex(20)
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, Path]]:
+    """One `footprint serve --workers 2` (SQLite ledger, Redis budgets) and the folder its
+    workers' metrics sockets are in (its TMPDIR)."""
+    workdir = tmp_path_factory.mktemp("workers")
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    with ServerThread(make_upstream(UpstreamLog())) as upstream:
+        config = replica_config(upstream.url, f"sqlite:///{workdir / 'ledger.db'}", REDIS_URL)
+        proxy = ProxyProcess(
+            "workers",
+            config,
+            workdir,
+            {"FOOTPRINT_ADMIN_KEY": ADMIN_KEY, "TMPDIR": str(tmp)},
+            args=["--workers", "2"],
+        )
+        proxy.start()
+        try:
+            yield proxy, _wait_for_both(proxy, tmp)
+        finally:
+            proxy.stop()
+
+
+def _wait_for_both(proxy: ProxyProcess, tmp: Path, timeout_s: float = 60.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sockets = sorted(tmp.glob("footprint-workers-*/worker-*.sock"))
+        # both answer their metrics socket, and the port answers ready on new connections
+        if (
+            len(sockets) == 2
+            and all(fetch(s) is not None for s in sockets)
+            and all(httpx.get(f"{proxy.url}/readyz").status_code == 200 for _ in range(8))
+        ):
+            return sockets[0].parent
+        time.sleep(0.2)
+    raise RuntimeError(f"two workers did not start:\n{proxy.log_tail()}")
+
+
+@pytest.fixture
+async def admin(workers: tuple[ProxyProcess, Path]) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=workers[0].url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    ) as client:
+        yield client
+
+
+async def _new_team(admin: httpx.AsyncClient, label: str) -> tuple[str, str, str]:
+    team = f"{label}-{secrets.token_hex(4)}"
+    assert (await admin.post("/admin/teams", json={"name": team})).status_code == 201
+    key = await admin.post("/admin/keys", json={"team": team})
+    assert key.status_code == 201, key.text
+    return team, key.json()["id"], key.json()["key"]
+
+
+async def _chat(url: str, key: str) -> httpx.Response:
+    """One request on a connection of its own (so the kernel picks a worker for each)."""
+    body: dict[str, Any] = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await client.post(
+            f"{url}/v1/chat/completions",
+            json={**body, "max_tokens": 8},
+            headers={"authorization": f"Bearer {key}"},
+        )
+
+
+def _requests_by_team(text: bytes, team: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text.decode()):
+        if family.name == "footprint_requests":
+            total += sum(s.value for s in family.samples if s.labels.get("team") == team)
+    return total
+
+
+async def test_a_requests_budget_holds_exactly_across_two_workers(
+    workers: tuple[ProxyProcess, Path], admin: httpx.AsyncClient
+) -> None:
+    proxy, _ = workers
+    team, _, key = await _new_team(admin, "budget")
+    put = {"team": team, "metric": "requests", "period": "month", "limit": 12}
+    assert (await admin.put("/admin/budgets", json=put)).status_code in (200, 201)
+
+    answers = await asyncio.gather(*(_chat(proxy.url, key) for _ in range(40)))
+
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * 12 + [429] * 28
+    refusal = next(a for a in answers if a.status_code == 429).json()["error"]
+    assert refusal["code"] == "footprint_budget_exceeded"
+
+
+async def test_metrics_sum_what_both_workers_served(
+    workers: tuple[ProxyProcess, Path], admin: httpx.AsyncClient
+) -> None:
+    proxy, folder = workers
+    team, _, key = await _new_team(admin, "metrics")
+
+    answers = await asyncio.gather(*(_chat(proxy.url, key) for _ in range(30)))
+    assert all(a.status_code == 200 for a in answers)
+
+    own = [_requests_by_team(fetch(s) or b"", team) for s in sorted(folder.glob("*.sock"))]
+    assert sum(own) == 30 and all(n > 0 for n in own), own  # both served some
+    for _ in range(6):  # whichever worker answers /metrics, it tells the sum
+        async with httpx.AsyncClient() as fresh:
+            text = (await fresh.get(f"{proxy.url}/metrics")).content
+        assert _requests_by_team(text, team) == 30
+
+
+async def test_a_key_revoked_through_one_worker_is_refused_by_both_at_once(
+    workers: tuple[ProxyProcess, Path], admin: httpx.AsyncClient
+) -> None:
+    proxy, _ = workers
+    _, key_id, key = await _new_team(admin, "revoke")
+    before = await asyncio.gather(*(_chat(proxy.url, key) for _ in range(8)))
+    assert all(a.status_code == 200 for a in before)  # each worker has the key cached now
+
+    assert (await admin.delete(f"/admin/keys/{key_id}")).status_code == 204
+    after = await asyncio.gather(*(_chat(proxy.url, key) for _ in range(16)))
+
+    assert [a.status_code for a in after] == [401] * 16
+    assert {a.json()["error"]["code"] for a in after} == {"invalid_api_key"}
+
+
+def _serve(tmp_path: Path, config: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "footprint.toml"
+    path.write_text(to_toml({**config, "server": {**config["server"], "port": 1}}))
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_two_workers_without_a_shared_budget_store_refuse_to_start(tmp_path: Path) -> None:
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'l.db'}", "")
+    done = _serve(tmp_path, config, "--workers", "2")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "--workers 2 needs budgets.redis_url" in done.stderr
+    assert not (tmp_path / "l.db").exists()  # nothing was opened
+
+
+def test_two_workers_on_a_measured_meter_refuse_to_start(tmp_path: Path) -> None:
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'l.db'}", REDIS_URL)
+    config["upstreams"][0]["meter"] = {"kind": "prometheus", "url": "http://127.0.0.1:9/m"}
+    done = _serve(tmp_path, config, "--workers", "2")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "cannot share upstream 'test''s measured meter (kind 'prometheus'" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_workers_must_be_a_whole_number_or_auto(tmp_path: Path, value: str) -> None:
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'l.db'}", REDIS_URL)
+    done = _serve(tmp_path, config, f"--workers={value}")
+    assert done.returncode == 2
+    assert '--workers: must be a whole number from 1, or "auto"' in done.stderr
+
+
+def test_auto_is_the_cores_this_process_may_use() -> None:
+    from proxy.workers import worker_count
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3

@@ -16,11 +16,12 @@ from proxy.ledger._records import (
     iso,
 )
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
-from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
+from proxy.ledger._usage import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
     "GROUP_KEYS",
+    "MARKET_FIELDS",
     "METRICS",
     "PERIODS",
     "SUM_FIELDS",

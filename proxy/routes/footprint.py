@@ -19,7 +19,7 @@ from starlette.responses import Response
 from meters.numbers import format_decimal
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound
-from proxy.ledger import GROUP_KEYS, SUM_FIELDS, iso
+from proxy.ledger import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, iso
 
 footprint_router = APIRouter(prefix="/v1/footprint")
 
@@ -89,7 +89,7 @@ def parse_group_by(raw: str | None) -> list[str]:
 
 
 def usage_csv(rows: list[dict[str, Any]], group_by: list[str]) -> str:
-    columns = [*group_by, *SUM_FIELDS]
+    columns = [*group_by, *SUM_FIELDS, *MARKET_FIELDS]
     if rows and "idle_energy_j" in rows[0]:
         columns += ["idle_gpu_energy_j", "idle_energy_j", "idle_co2e_g", "idle_water_ml"]
     out = io.StringIO()
@@ -101,6 +101,8 @@ def usage_csv(rows: list[dict[str, Any]], group_by: list[str]) -> str:
 
 
 def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""  # no figure (co2e_market_g where no row had contract data)
     if isinstance(value, float):
         return format_decimal(value)
     return str(value)

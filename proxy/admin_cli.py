@@ -23,7 +23,15 @@ import httpx
 from meters.numbers import format_decimal
 from proxy.config import load_settings
 
-NUMBER_COLUMNS = ("requests", "tokens", "energy_j", "co2e_g", "water_ml")
+NUMBER_COLUMNS = (
+    "requests",
+    "tokens",
+    "energy_j",
+    "co2e_g",
+    "co2e_market_g",
+    "market_energy_share",
+    "water_ml",
+)
 
 
 class CliError(Exception):
@@ -295,7 +303,33 @@ def _report(client: httpx.Client, args: argparse.Namespace) -> int:
     print(f"\n{len(report['data'])} row(s), {window}, idle energy: {report['idle_policy']}")
     for idle in report.get("idle", []):
         print(f"idle (not in rows above): {idle['upstream']}: {_num(idle['energy_j'])} J")
+    for line in carbon_totals(report["totals"]):
+        print(line)
     return 0
+
+
+def carbon_totals(totals: Mapping[str, Any]) -> list[str]:
+    """The period's carbon both ways (GHG Protocol Scope 2), as the report's closing lines."""
+    lines = [
+        f"carbon, location-based (co2e_g): {_num(float(totals['co2e_g']))} g",
+    ]
+    market_g = totals.get("co2e_market_g")
+    if market_g is None:
+        lines.append(
+            "carbon, market-based (co2e_market_g): none: no request in the period had "
+            "contract data ([upstreams.carbon])"
+        )
+    else:
+        share = float(totals["market_energy_share"])
+        rest = "" if share >= 1.0 else "; the rest had no contract data"
+        lines.append(
+            f"carbon, market-based (co2e_market_g): {_num(float(market_g))} g, over "
+            f"{format_decimal(share * 100.0, significant=3)} % of the energy "
+            f"({_num(float(totals['market_energy_j']))} of {_num(float(totals['energy_j']))} J"
+            f"{rest})"
+        )
+    lines.append(f"embodied carbon, in both: {_num(float(totals['embodied_co2e_g']))} g")
+    return lines
 
 
 def _num(value: Any) -> str:

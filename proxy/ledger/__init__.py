@@ -16,7 +16,7 @@ from proxy.ledger._records import (
     iso,
 )
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
-from proxy.ledger._usage import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS
+from proxy.ledger._usage import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, usage_totals
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
@@ -38,4 +38,5 @@ __all__ = [
     "figure_columns",
     "iso",
     "open_ledger",
+    "usage_totals",
 ]

@@ -147,6 +147,24 @@ def aggregate(
     return rows, idle_rows
 
 
+def usage_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The period's totals over usage rows: location-based `co2e_g` and market-based
+    `co2e_market_g` side by side (None where no row has one), the embodied carbon in both,
+    and the share of the energy that had a market-based figure."""
+    totals: dict[str, Any] = {
+        "requests": sum(int(r["requests"]) for r in rows),
+        "energy_j": sum(float(r["energy_j"]) for r in rows),
+        "co2e_g": sum(float(r["co2e_g"]) for r in rows),
+        "embodied_co2e_g": sum(float(r["embodied_co2e_g"]) for r in rows),
+        "co2e_market_g": None,
+        "market_energy_j": 0.0,
+    }
+    for row in rows:
+        _add_market(totals, row)
+    totals["market_energy_share"] = market_energy_share(totals)
+    return totals
+
+
 def _add_market(acc: dict[str, Any], row: dict[str, Any]) -> None:
     market_g = row.get("co2e_market_g")
     if market_g is None:

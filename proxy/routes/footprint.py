@@ -19,7 +19,7 @@ from starlette.responses import Response
 from meters.numbers import format_decimal
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound
-from proxy.ledger import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, iso
+from proxy.ledger import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, iso, usage_totals
 
 footprint_router = APIRouter(prefix="/v1/footprint")
 
@@ -147,6 +147,7 @@ async def get_usage(request: Request) -> Response:
     rows, idle = await request.app.state.ledger.usage_report(
         group_by, start, end, team, idle_policy
     )
+    totals = usage_totals(rows)  # over every row of the period, `limit` or not
     truncated = len(rows) > limit
     rows = rows[:limit]
     if fmt == "csv":
@@ -165,6 +166,9 @@ async def get_usage(request: Request) -> Response:
             "idle_policy": idle_policy,
             "data": rows,
             "has_more": truncated,
+            # Location- and market-based carbon side by side (issue 18), and how much of the
+            # period's energy had a market-based figure.
+            "totals": totals,
             # Idle energy per upstream not carried by any team row (admin only).
             "idle": idle if principal.admin else [],
         }

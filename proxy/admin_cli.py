@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from meters.numbers import format_decimal
-from proxy.config import load_settings
+from proxy.config import Settings, load_settings
 
 NUMBER_COLUMNS = (
     "requests",
@@ -110,6 +110,17 @@ def _run(action: Callable[..., int], args: argparse.Namespace) -> int:
         return 1
 
 
+def proxy_url(settings: Settings, url: str | None, environ: Mapping[str, str]) -> str:
+    """Where the proxy answers: `url`, else $FOOTPRINT_URL, else the config's host and port
+    (a wildcard host is reached on 127.0.0.1)."""
+    url = url or environ.get("FOOTPRINT_URL")
+    if not url:
+        host = settings.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = f"http://{host}:{settings.server.port}"
+    return url.rstrip("/")
+
+
 def admin_client(
     args: argparse.Namespace,
     environ: Mapping[str, str] | None = None,
@@ -117,11 +128,7 @@ def admin_client(
 ) -> httpx.Client:
     environ = os.environ if environ is None else environ
     settings = load_settings(args.config, environ=environ)
-    url = args.url or environ.get("FOOTPRINT_URL")
-    if not url:
-        host = settings.server.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        url = f"http://{host}:{settings.server.port}"
+    url = proxy_url(settings, args.url, environ)
     key = environ.get(settings.server.admin_key_env, "")
     if not key:
         raise CliError(f"set {settings.server.admin_key_env} to the proxy's admin key")

@@ -36,7 +36,9 @@ from proxy.ledger import open_ledger
 from proxy.relay import Relay
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
+from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
+from proxy.routes.footprint_views import views_router
 from proxy.services import Services
 from proxy.upstreams import Upstream, UpstreamRouter, build_client
 
@@ -226,6 +228,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(admin_router)
     app.include_router(footprint_router)
+    app.include_router(views_router)
+    app.include_router(dashboard_router)
     if telemetry is not False:
         from proxy.telemetry import metrics_router
 

@@ -122,6 +122,23 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    import httpx
+
+    from proxy.admin_cli import proxy_url
+
+    url = f"{proxy_url(load_settings(args.config), args.url, os.environ)}/dashboard"
+    print(url)
+    try:
+        httpx.get(url, timeout=3.0).raise_for_status()
+    except httpx.HTTPError as error:
+        print(f"footprint: no dashboard answers there yet ({error})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _agent(args: argparse.Namespace) -> int:
     from meters.agent import run_agent
 
@@ -186,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="non-GPU server power per GPU, W (default 150, EcoLogits/BoaviztAPI)",
     )
     estimate.set_defaults(func=_estimate)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="print the URL of the running proxy's dashboard page"
+    )
+    dashboard.add_argument("--config", help="TOML file (default: ./footprint.toml if present)")
+    dashboard.add_argument("--url", help="the proxy (default: $FOOTPRINT_URL or the config's)")
+    dashboard.set_defaults(func=_dashboard)
 
     agent = commands.add_parser(
         "agent", help="publish this host's NVML GPU energy counters as Prometheus text"

@@ -251,9 +251,12 @@ class UpstreamSettings(_Section):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_connections: Annotated[int, Field(gt=0)] = 256
-    # Where the upstream's own tokenizer answers (llama.cpp server: /extras/tokenize), used to
-    # count prompt tokens when the upstream streams no usage.
+    # Where the upstream's own tokenizer answers, used to count prompt tokens when the upstream
+    # streams no usage: vLLM's http://host:8000/tokenize, llama.cpp's server /tokenize,
+    # llama-cpp-python's /extras/tokenize. `tokenize_format` names the request shape; `auto`
+    # tells llama-cpp-python's by its path and tries vLLM's, then llama.cpp's, for the rest.
     tokenize_url: str = ""
+    tokenize_format: Literal["auto", "vllm", "llama.cpp", "llama-cpp-python"] = "auto"
     # Send the request id on as `x-request-id`. llama-cpp-python's server answers 400 to any
     # x-request-id that is not a UUID, so turn this off in front of it.
     forward_request_id: bool = True

@@ -15,15 +15,19 @@ from proxy.ledger._records import (
     figure_columns,
     iso,
 )
+from proxy.ledger._series import BUCKETS, ORDER_FIELDS, SERIES_KEYS
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
 from proxy.ledger._usage import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, usage_totals
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
+    "BUCKETS",
     "GROUP_KEYS",
     "MARKET_FIELDS",
     "METRICS",
+    "ORDER_FIELDS",
     "PERIODS",
+    "SERIES_KEYS",
     "SUM_FIELDS",
     "AlreadyExists",
     "Endpoint",

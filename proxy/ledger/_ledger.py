@@ -15,6 +15,7 @@ from proxy.config import LedgerSettings
 from proxy.ledger._engine import build_engine, migrate, sqlite_target
 from proxy.ledger._records import LedgerRecord, as_utc, row_to_json
 from proxy.ledger._schema import idle, requests
+from proxy.ledger._series import SeriesQueries
 from proxy.ledger._sqlite_writer import SQLiteBatchWriter
 from proxy.ledger._store import Store
 from proxy.ledger._usage import GROUP_KEYS, IdleInterval, aggregate, split_idle_by_day
@@ -34,7 +35,7 @@ _TRACE_SUMS = (
 )
 
 
-class Ledger(Store):
+class Ledger(Store, SeriesQueries):
     """Request records and reports over them, plus (inherited from `Store`) the teams, keys
     and budget limits kept in the same database. Build with `open_ledger`."""
 

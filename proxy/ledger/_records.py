@@ -11,7 +11,7 @@ from meters.constants import METHODOLOGY_VERSION
 from meters.numbers import dumps_plain
 from meters.types import Footprint
 
-Endpoint = Literal["chat.completions", "completions", "embeddings"]
+Endpoint = Literal["chat.completions", "completions", "embeddings", "responses", "messages"]
 
 # Budget metrics, as in contract.md, and how each is summed from ledger rows.
 METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests")

@@ -9,10 +9,11 @@ from typing import Any
 from proxy import sse
 from proxy.errors import ProxyError
 from proxy.relay import checks
+from proxy.relay.attach import event_with_footprint
 from proxy.relay.facts import AnswerFacts, Body, ErrorShape, EventFacts, StreamEnd, TokenUsage
 from proxy.tokens import approx_tokens
 
-OPENAI_ERRORS = ErrorShape(body=ProxyError.body, event=ProxyError.sse_event)
+OPENAI_ERRORS = ErrorShape(body=ProxyError.body)
 
 _COUNTS = ("max_tokens", "max_completion_tokens", "n")
 
@@ -155,31 +156,31 @@ def no_stream(body: dict[str, Any]) -> bool:
 
 def closer(final_object: str) -> Callable[[StreamEnd], list[bytes]]:
     """The closing events of a Chat Completions (or Completions) stream: an error event if
-    it was cut off; the usage chunk with the footprint if the client asked for usage; the
-    `: footprint` comment; `[DONE]`."""
+    it was cut off; if the client asked for usage, the upstream's usage chunk (its usage
+    object whole) with the footprint added, or one made from Footprint's count when the
+    upstream sent none; the `: footprint` comment; `[DONE]`."""
 
     def close(end: StreamEnd) -> list[bytes]:
         tail: list[bytes] = []
         if end.broke_off is not None:
             tail.append(end.broke_off.sse_event())
-        if end.client_wants_usage:
-            final = (
-                dict(end.held.payload)
-                if end.held is not None
-                else {
-                    "id": end.request_id,
-                    "object": final_object,
-                    "created": end.created_s,
-                    "model": end.model,
-                    "choices": [],
-                }
-            )
-            final["usage"] = {
+        if end.client_wants_usage and end.held:
+            tail.append(event_with_footprint(end.held[-1], end.footprint))
+        elif end.client_wants_usage:
+            counted = {
                 "prompt_tokens": end.prompt_tokens,
                 "completion_tokens": end.completion_tokens,
                 "total_tokens": end.prompt_tokens + end.completion_tokens,
             }
-            final["footprint"] = end.footprint
+            final = {
+                "id": end.request_id,
+                "object": final_object,
+                "created": end.created_s,
+                "model": end.model,
+                "choices": [],
+                "usage": counted,
+                "footprint": end.footprint,
+            }
             tail.append(sse.data_event(final))
         tail.append(sse.comment_event("footprint", end.footprint))
         tail.append(sse.DONE_EVENT)

@@ -3,6 +3,8 @@ naming the field, before anything is reserved, recorded or sent."""
 
 from __future__ import annotations
 
+from types import UnionType
+
 from proxy.errors import InvalidRequest
 from proxy.relay.facts import Body
 
@@ -37,7 +39,7 @@ def check_objects(body: Body, name: str, what: str) -> None:
         raise InvalidRequest(f"each {what} must be an object", param=name)
 
 
-def check_optional(body: Body, name: str, kind: type, what: str) -> None:
+def check_optional(body: Body, name: str, kind: type | UnionType, what: str) -> None:
     value = body.get(name)
     if value is not None and not isinstance(value, kind):
         raise InvalidRequest(f"{name!r} must be {what}", param=name)

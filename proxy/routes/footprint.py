@@ -88,8 +88,9 @@ def parse_group_by(raw: str | None) -> list[str]:
     return keys
 
 
-def usage_csv(rows: list[dict[str, Any]], group_by: list[str]) -> str:
-    columns = [*group_by, *SUM_FIELDS, *MARKET_FIELDS]
+def usage_csv(rows: list[dict[str, Any]], group_by: list[str], market: bool = False) -> str:
+    """Usage rows as CSV; `market`: with the market-based columns (usage rows have them)."""
+    columns = [*group_by, *SUM_FIELDS, *(MARKET_FIELDS if market else ())]
     if rows and "idle_energy_j" in rows[0]:
         columns += ["idle_gpu_energy_j", "idle_energy_j", "idle_co2e_g", "idle_water_ml"]
     out = io.StringIO()
@@ -152,7 +153,7 @@ async def get_usage(request: Request) -> Response:
     rows = rows[:limit]
     if fmt == "csv":
         return Response(
-            usage_csv(rows, group_by),
+            usage_csv(rows, group_by, market=True),
             media_type="text/csv; charset=utf-8",
             headers={"content-disposition": 'attachment; filename="footprint-usage.csv"'},
         )

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from meters.numbers import format_decimal
+from proxy.budgets import METRICS
 from proxy.config import Settings, load_settings
 
 NUMBER_COLUMNS = (
@@ -64,9 +65,7 @@ def register_admin_commands(subparsers: Any) -> None:
     budgets_cmd = budgets.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = budgets_cmd.add_parser("set", help="set a budget")
     p.add_argument("--team", required=True)
-    p.add_argument(
-        "--metric", required=True, choices=["energy_j", "co2e_g", "water_ml", "tokens", "requests"]
-    )
+    p.add_argument("--metric", required=True, choices=METRICS)
     p.add_argument("--limit", required=True, type=float)
     p.add_argument("--period", required=True, choices=["day", "month", "total"])
     _common(p, _budgets_set)

@@ -14,7 +14,8 @@ from meters.types import Footprint
 Endpoint = Literal["chat.completions", "completions", "embeddings", "responses", "messages"]
 
 # Budget metrics, as in contract.md, and how each is summed from ledger rows.
-METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests")
+# co2e_market_g: a row without one counts its co2e_g (as proxy.budgets charges it).
+METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests", "co2e_market_g")
 PERIODS = ("day", "month", "total")
 
 

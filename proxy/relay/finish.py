@@ -186,6 +186,7 @@ def spent(call: Call, footprint: Footprint) -> Usage:
         co2e_g=footprint.co2e_g,
         water_ml=footprint.water_ml,
         tokens=call.tally.prompt_tokens + call.tally.completion_tokens,
+        co2e_market_g=footprint.co2e_market_g,
         requests=1,
     )
 

@@ -339,6 +339,8 @@ def carbon_totals(totals: Mapping[str, Any]) -> list[str]:
 
 
 def _num(value: Any) -> str:
+    if value is None:
+        return "-"  # no figure (co2e_market_g where no row had contract data)
     if isinstance(value, float):
         return format_decimal(value)
     return str(value)
@@ -350,7 +352,7 @@ def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         return "(nothing)"
     cells = [[_num(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(row.get(c), int | float) for row in rows) for c in columns]
+    numeric = [all(isinstance(row.get(c), int | float | None) for row in rows) for c in columns]
 
     def line(values: list[str]) -> str:
         return "  ".join(

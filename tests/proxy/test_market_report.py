@@ -135,6 +135,11 @@ def test_the_months_report_gives_both_totals_and_the_covered_share(
     )
     assert embodied.startswith("embodied carbon, in both: ")
 
+    by_upstream_table = report(proxy, tmp_path, "--group-by", "upstream").stdout.splitlines()
+    header = by_upstream_table[0].split()
+    grid_cells = next(line for line in by_upstream_table if line.startswith("grid ")).split()
+    assert dict(zip(header, grid_cells, strict=True))["co2e_market_g"] == "-"
+
     csv = report(proxy, tmp_path, "--format", "csv", "--group-by", "upstream")
     header, *rows = csv.stdout.strip().splitlines()
     columns = header.split(",")

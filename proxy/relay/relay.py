@@ -192,6 +192,7 @@ class Relay:
             water_ml=footprint.water_ml,
             tokens=tokens,
             requests=1,
+            co2e_market_g=footprint.co2e_market_g,
         )
 
     async def drain(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 
+from meters.constants import AGENT_DEFAULT_PORT
 from meters.sampler import DEFAULT_TICK_S
 from meters.sources.base import EnergySample, EnergySource
 from meters.types import MeterError
@@ -24,7 +25,8 @@ from meters.types import MeterError
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-DEFAULT_PORT = 9400  # dcgm-exporter's port, so existing scrape configs find the agent
+# 9401, beside dcgm-exporter's 9400 so both can run on one node (meters.constants).
+DEFAULT_PORT = AGENT_DEFAULT_PORT
 
 
 def render_metrics(sample: EnergySample, names: dict[str, str] | None = None) -> str:

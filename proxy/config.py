@@ -17,7 +17,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from meters.constants import (
+    DEFAULT_ACCELERATOR,
+    DEFAULT_PUE,
+    DEFAULT_SERVER_POWER_W_PER_GPU,
+    DEFAULT_WUE_L_PER_KWH,
+    UnknownAccelerator,
+    accelerator,
+)
 
 ENV_PREFIX = "FOOTPRINT_"
 
@@ -115,9 +132,9 @@ class MeteringSettings(_Section):
     # Cost of a prompt token against an output token (methodology §2); an assumption until
     # measured on a GPU.
     alpha: Annotated[float, Field(ge=0)] = 0.1
-    # Non-GPU server power per GPU while serving: 1.2 kW per 8-GPU server (EcoLogits, from
-    # BoaviztAPI for AWS p5.48xlarge), methodology §4.
-    server_power_w_per_gpu: Annotated[float, Field(ge=0)] = 150.0
+    # Non-GPU server power per GPU while serving, for upstreams that do not set their own
+    # ([upstreams.hardware] server_w_per_gpu). Default and source: meters.constants.
+    server_power_w_per_gpu: Annotated[float, Field(ge=0)] = DEFAULT_SERVER_POWER_W_PER_GPU
     batch_size: Annotated[int, Field(gt=0)] = 64
     idle: Literal["report", "spread"] = "report"
 
@@ -135,10 +152,32 @@ class MeterSettings(_Section):
 
 
 class HardwareSettings(_Section):
-    accelerator: str = "H100-SXM"
+    # Memory per accelerator for the estimator's GPU count; unset: the accelerator's datasheet
+    # figure (meters.constants.ACCELERATORS). Needed for an accelerator the table lacks.
+    accelerator_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    accelerator: str = DEFAULT_ACCELERATOR
     gpus: Annotated[int, Field(gt=0)] = 1
     active_params_b: Annotated[float, Field(gt=0)] | None = None
     total_params_b: Annotated[float, Field(gt=0)] | None = None
+    # This host's non-GPU server power per GPU (CPU, memory, fans) while serving; unset: the
+    # [metering] default, 150 W (EcoLogits / BoaviztAPI, meters.constants).
+    server_w_per_gpu: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("accelerator_memory_gb") is None:
+            try:
+                accelerator(value)
+            except UnknownAccelerator as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    def memory_gb(self) -> float:
+        """The accelerator's memory: the configured figure, else its datasheet's."""
+        if self.accelerator_memory_gb is not None:
+            return self.accelerator_memory_gb
+        return accelerator(self.accelerator).memory_gb
 
 
 class UpstreamSettings(_Section):
@@ -147,10 +186,9 @@ class UpstreamSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["*"])
     api_key_env: str = ""
     zone: str = "WORLD"
-    pue: Annotated[float, Field(ge=1.0)] = 1.2
-    # On-site cooling water, L/kWh. Default: EcoLogits' value for OpenAI/Azure
-    # (ecologits/tracers/utils.py), methodology §6.
-    wue_l_per_kwh: Annotated[float, Field(ge=0)] = 0.569
+    # Defaults and their sources: meters.constants (EcoLogits' OpenAI/Azure figures).
+    pue: Annotated[float, Field(ge=1.0)] = DEFAULT_PUE
+    wue_l_per_kwh: Annotated[float, Field(ge=0)] = DEFAULT_WUE_L_PER_KWH
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_connections: Annotated[int, Field(gt=0)] = 256

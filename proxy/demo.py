@@ -113,6 +113,7 @@ def run_demo(
             f"serving; point an OpenAI client at http://127.0.0.1:{port}/v1 "
             f"(model {localmodel.MODEL_ALIAS!r}). Ctrl-C stops."
         )
+        _say(f"dashboard: http://127.0.0.1:{port}/dashboard")
         with contextlib.suppress(KeyboardInterrupt):
             while thread.is_alive():
                 thread.join(0.5)

@@ -17,7 +17,7 @@ from meters import Footprint, Measurement, MeterError, RequestTrack
 from meters.footprint import compute_footprint, footprint_json, format_decimal
 from proxy.budgets import Reservation, Usage
 from proxy.errors import ProxyError
-from proxy.ledger import LedgerRecord
+from proxy.ledger import LedgerRecord, figure_columns
 from proxy.relay.call import Call
 from proxy.relay.embeddings import embeddings_measurement, needs_derivation
 from proxy.relay.send import send
@@ -184,17 +184,7 @@ def ledger_record(call: Call, footprint: Footprint, duration_s: float) -> Ledger
         prompt_tokens=tally.prompt_tokens,
         completion_tokens=tally.completion_tokens,
         tokens_counted=tally.tokens_counted,
-        method=footprint.method,
-        basis=footprint.basis,
-        gpu_energy_j=footprint.gpu_energy_j,
-        energy_j=footprint.energy_j,
-        co2e_g=footprint.co2e_g,
-        embodied_co2e_g=footprint.embodied_co2e_g,
-        water_ml=footprint.water_ml,
-        zone=footprint.zone,
-        grid_gco2e_per_kwh=footprint.grid_gco2e_per_kwh,
-        pue=footprint.pue,
-        intensity_source=footprint.intensity_source,
+        **figure_columns(footprint),
         trace_id=call.trace_id,
         duration_ms=duration_s * 1000.0,
         overhead_ms=tally.overhead_ms,

@@ -11,6 +11,7 @@ tokens were counted by Footprint.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -48,6 +49,23 @@ def prompt_text(body: Mapping[str, Any]) -> str:
         elif isinstance(value, list):
             parts.extend(v for v in value if isinstance(v, str))
     return "\n".join(parts)
+
+
+# A word (letters, digits) or a run of punctuation: what one BPE token most often is.
+_UNIT = re.compile(r"\w+|[^\w\s]+")
+
+
+def delta_tokens(text: str) -> int:
+    """Output tokens in one streamed delta's text. Servers that stream a token per chunk
+    (llama.cpp's, vLLM by default) send one word piece or punctuation run per chunk, which
+    is one token however long it is; a chunk carrying several (batched or speculative
+    decoding) has several units: then the larger of its units and the rule of thumb."""
+    if not text:
+        return 0
+    units = len(_UNIT.findall(text))
+    if units <= 1:
+        return 1
+    return max(units, approx_tokens(text))
 
 
 def approx_tokens(text: str) -> int:

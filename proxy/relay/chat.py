@@ -11,7 +11,7 @@ from proxy.errors import ProxyError
 from proxy.relay import checks
 from proxy.relay.attach import event_with_footprint
 from proxy.relay.facts import AnswerFacts, Body, ErrorShape, EventFacts, StreamEnd, TokenUsage
-from proxy.tokens import approx_tokens
+from proxy.tokens import approx_tokens, delta_tokens
 
 OPENAI_ERRORS = ErrorShape(body=ProxyError.body)
 
@@ -106,20 +106,19 @@ def read_embeddings(answer: Body) -> AnswerFacts:
 
 
 def _delta_tokens(choice: dict[str, Any]) -> int:
-    """Output tokens in one streamed choice: its new text by the rule of thumb, and at least
+    """Output tokens in one streamed choice (`delta_tokens` of its new text), and at least
     one for a choice that brought anything (a tool call's first delta carries only a name)."""
     delta = choice.get("delta")
     if not isinstance(delta, dict):
         text = choice.get("text")
-        return approx_tokens(text) if isinstance(text, str) else 0
+        return delta_tokens(text) if isinstance(text, str) else 0
     parts = [delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning")]
     for call in delta.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
             parts.append(function.get("arguments"))
     text = "".join(p for p in parts if isinstance(p, str))
-    brought = bool(text) or bool(delta.get("tool_calls"))
-    return max(approx_tokens(text), 1 if brought else 0)
+    return max(delta_tokens(text), 1 if delta.get("tool_calls") else 0)
 
 
 def read_chunk(chunk: Body) -> EventFacts:

@@ -27,7 +27,7 @@ from proxy.relay.facts import (
     Held,
     StreamEnd,
 )
-from proxy.tokens import approx_tokens
+from proxy.tokens import approx_tokens, delta_tokens
 
 # HTTP status → Anthropic's error type (docs.anthropic.com, "Errors").
 _ERROR_TYPES = {
@@ -119,7 +119,7 @@ def read_event(event: Body) -> EventFacts:
     kind = event.get("type")
     if kind == "content_block_delta":
         text = _delta_text(event.get("delta"))
-        return EventFacts(text_tokens=max(approx_tokens(text), 1 if text else 0))
+        return EventFacts(text_tokens=delta_tokens(text))
     if kind == "message_start" and isinstance(event.get("message"), dict):
         message = event["message"]
         usage = read_usage(message.get("usage"), "input_tokens", "output_tokens")

@@ -39,7 +39,8 @@ def test_content_chunks_pass_on_and_count_their_text_in_tokens() -> None:
     tally = chat_tally()
     steps = feed(tally, chunk("Hello"), chunk(" there, how are you doing today?"), chunk("!"))
     assert [s.pass_on for s in steps] == [True, True, True]
-    # 4 characters a token: "Hello" is 1, the long delta (32 characters) is 8, "!" is 1.
+    # One word or punctuation run is one token; the long delta has 8 of them (and 32
+    # characters: 8 by the 4-characters rule too).
     assert [s.new_tokens for s in steps] == [1, 8, 1]
     assert tally.tally.completion_tokens == 10
     assert tally.tally.response_model == "m-2024"
@@ -91,7 +92,8 @@ def test_a_tool_call_delta_counts_its_arguments_and_at_least_one_token() -> None
         tally.feed(event({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}))
         for call in (name_only, arguments)
     ]
-    assert [s.new_tokens for s in steps] == [1, 5]
+    # `{"`, `city`, `":`, `"`, `Seoul`, `,`, `KR`, `"}`: 8 units (21 characters: 5 by the rule)
+    assert [s.new_tokens for s in steps] == [1, 8]
 
 
 def test_comments_pings_and_unparsable_events_pass_through_uncounted() -> None:
@@ -125,9 +127,9 @@ def test_the_record_is_the_upstreams_count_and_the_meter_is_told_no_less(
 ) -> None:
     """Whatever the deltas: the request is recorded with the upstream's own count (the text
     count when it reports none), and the meter has been told at least that many tokens."""
-    from proxy.tokens import approx_tokens
+    from proxy.tokens import delta_tokens
 
-    by_text = sum(approx_tokens(t) for t in texts)
+    by_text = sum(delta_tokens(t) for t in texts)
     tally = chat_tally()
     steps = feed(tally, *(chunk(t) for t in texts), usage_chunk(1, reported))
     told = sum(s.new_tokens for s in steps)
@@ -160,9 +162,9 @@ def test_a_responses_stream_counts_text_deltas_and_holds_response_completed() ->
         + b"\n\n",
     )
     assert [s.pass_on for s in steps] == [True, True, True, False]
-    assert [s.new_tokens for s in steps] == [0, 1, 4, 0]  # usage (3) is below what was counted
+    assert [s.new_tokens for s in steps] == [0, 1, 6, 0]  # usage (3) is below what was counted
     assert tally.tally.response_id == "resp_1" and tally.tally.response_model == "m-2024"
-    assert (tally.tally.prompt_tokens, tally.tally.completion_tokens) == (9, 3)
+    assert (tally.tally.prompt_tokens, tally.tally.completion_tokens) == (9, 3)  # upstream's
     assert tally.tally.usage == usage and tally.tally.finish_reasons == ["completed"]
     assert not tally.cut_off(b"")
 
@@ -188,7 +190,8 @@ def test_a_messages_stream_takes_usage_from_message_start_and_message_delta() ->
         b"data: [DONE]\n\n",
     )
     assert [s.pass_on for s in steps] == [True, True, True, False, False, False]
-    # 1 from message_start's usage, 5 by text (19 characters), 3 more from message_delta's.
+    # 1 from message_start's usage, 5 by text (4 units, 19 characters), 3 more from
+    # message_delta's.
     assert [s.new_tokens for s in steps] == [1, 0, 5, 3, 0, 0]
     assert (tally.tally.prompt_tokens, tally.tally.completion_tokens) == (12, 9)
     assert tally.tally.finish_reasons == ["end_turn"]

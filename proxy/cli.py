@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import sys
@@ -80,8 +81,21 @@ def run_server(settings: Settings) -> int:
     if not settings.upstreams:
         print("footprint: no [[upstreams]] configured; nothing to relay to", file=sys.stderr)
         return 2
+    from proxy.ledger import LedgerConfigError, LedgerUnreachable, check_reachable
+
+    try:
+        asyncio.run(check_reachable(settings.ledger))
+    except LedgerConfigError as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 2
+    except LedgerUnreachable as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 1
+    from proxy.server import limited_protocol
+
     uvicorn.run(
         create_app(settings),
+        http=limited_protocol(settings.server),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,

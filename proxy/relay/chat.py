@@ -13,9 +13,9 @@ from proxy.relay.attach import event_with_footprint
 from proxy.relay.facts import AnswerFacts, Body, ErrorShape, EventFacts, StreamEnd, TokenUsage
 from proxy.tokens import approx_tokens, delta_tokens
 
-OPENAI_ERRORS = ErrorShape(body=ProxyError.body)
+OPENAI_ERRORS = ErrorShape(body=ProxyError.body, event=ProxyError.sse_event, last=sse.DONE_EVENT)
 
-_COUNTS = ("max_tokens", "max_completion_tokens", "n")
+_COUNTS = ("max_tokens", "max_completion_tokens", "n", "best_of")
 
 
 # ---- checks --------------------------------------------------------------------------------
@@ -43,8 +43,9 @@ def check_embeddings(body: Body) -> None:
 
 
 def count(value: object) -> int | None:
-    """A token count as an upstream reports it, or None when it is not one."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """A token count as an upstream reports it, or None when it is not one (or more than the
+    ledger's 32-bit column holds: counted by the proxy instead)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= checks.MAX_COUNT:
         return value
     return None
 

@@ -46,7 +46,12 @@ def error_body(error: ProxyError) -> dict[str, object]:
     return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
-ERRORS = ErrorShape(body=error_body)
+def error_event(error: ProxyError) -> bytes:
+    """`error` as the `error` event of a Messages stream."""
+    return sse.named_event("error", error_body(error))
+
+
+ERRORS = ErrorShape(body=error_body, event=error_event)
 
 
 def credential(headers: Mapping[str, str]) -> str | None:

@@ -5,8 +5,6 @@ generated, so there is no footprint to give."""
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,8 +20,7 @@ PATH = "/messages/count_tokens"
 
 async def count_tokens(services: Services, request: Request) -> Response:
     spec = ENDPOINTS["messages"]
-    own_id = request.headers.get("x-request-id")
-    request_id = own_id if own_id and checks.valid_request_id(own_id) else f"req-{uuid.uuid4().hex}"
+    request_id = checks.request_id_of(request.headers)
     try:
         principal = await services.auth.authenticate(spec.credential(request.headers))
         _raw, body = await read_json(request, services.settings.server.max_body_bytes)

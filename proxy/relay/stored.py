@@ -9,7 +9,6 @@ does not answer 404. Nothing here is metered: no tokens are generated.
 
 from __future__ import annotations
 
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -76,10 +75,7 @@ class StoredResponses:
         return [known] if known is not None else []
 
     async def handle(self, request: Request) -> Response:
-        own_id = request.headers.get("x-request-id")
-        request_id = (
-            own_id if own_id and checks.valid_request_id(own_id) else f"req-{uuid.uuid4().hex}"
-        )
+        request_id = checks.request_id_of(request.headers)
         try:
             return await self._handle(request, request_id)
         except ProxyError as error:

@@ -35,6 +35,7 @@ from meters.constants import (
     UnknownAccelerator,
     accelerator,
 )
+from meters.intensity import IntensityTable, UnknownZone
 
 ENV_PREFIX = "FOOTPRINT_"
 
@@ -241,7 +242,32 @@ class UpstreamSettings(_Section):
     @field_validator("zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        return value.strip().upper() or "WORLD"
+        # A zone without figures would let requests through that can be neither metered nor
+        # recorded: refuse it at start, with the zones the user may have meant.
+        zone = value.strip().upper() or "WORLD"
+        try:
+            IntensityTable.shipped().row(zone)
+        except UnknownZone as exc:
+            raise ValueError(str(exc)) from None
+        return zone
+
+    @model_validator(mode="after")
+    def _metered_gpus_are_the_hardware(self) -> UpstreamSettings:
+        # Measured energy comes from meter.gpus; embodied carbon and the estimator fallback
+        # scale by hardware.gpus. If they disagree the figures do (8 GPUs metered, 1 embodied).
+        if self.meter.kind == "estimate":
+            return self
+        gpus = self.meter.gpus
+        repeated = sorted({g for g in gpus if gpus.count(g) > 1})
+        if repeated:
+            raise ValueError(f"meter.gpus lists GPU {repeated[0]} more than once: {gpus}")
+        if len(gpus) != self.hardware.gpus:
+            raise ValueError(
+                f"hardware.gpus = {self.hardware.gpus} but meter.gpus = {gpus} meters "
+                f"{len(gpus)} GPU(s): set hardware.gpus = {len(gpus)} or list the GPUs the "
+                "model runs on in meter.gpus"
+            )
+        return self
 
 
 class Settings(_Section):
@@ -275,7 +301,21 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             continue  # FOOTPRINT_ADMIN_KEY and other secrets are not settings
         path = name[len(ENV_PREFIX) :].lower().split("__")
         node: Any = data
-        for i, part in enumerate(path[:-1]):
+        for i, part in enumerate(path):
+            # A path through a value ("SERVER__PORT__X") or a list by name is the user's slip:
+            # one line naming the variable, not a TypeError from deep in here.
+            if not isinstance(node, dict | list) or (isinstance(node, list) and not part.isdigit()):
+                where = ".".join(path[:i]) or "(top level)"
+                raise ConfigError(
+                    f"configuration error: {name}: {where} is "
+                    + (
+                        "a list: the next part must be a number"
+                        if isinstance(node, list)
+                        else "a value, not a table"
+                    )
+                )
+            if i == len(path) - 1:
+                break
             nxt_is_index = path[i + 1].isdigit()
             if isinstance(node, list):
                 index = int(part)
@@ -300,6 +340,8 @@ def _describe(error: ValidationError) -> str:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    elif first["type"] == "value_error":
+        message = str(first.get("ctx", {}).get("error", message))  # without "Value error, "
     return f"configuration error: {key}: {message}"
 
 

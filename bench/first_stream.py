@@ -11,6 +11,7 @@ process tree) is read at ready and after the streams.
 
     .venv/bin/python bench/first_stream.py --starts 5
     .venv/bin/python bench/first_stream.py --workers 2      # `footprint serve --workers 2`
+    .venv/bin/python bench/first_stream.py --tree /tmp/old  # a checkout of an older commit
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ def one_start(args: argparse.Namespace, work: Path, n: int) -> dict[str, float]:
     argv = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
     if args.workers != "1":
         argv += ["--workers", str(args.workers)]
-    server = proxy_bench.start(f"first-{n}", argv, args.core, work)
+    tree = Path(args.tree).resolve() if args.tree else proxy_bench.ROOT
+    env = {"PYTHONPATH": str(tree)} if args.tree else None
+    if args.workers != "1":
+        with config.open("a") as toml:
+            toml.write(f'\n[budgets]\nredis_url = "{args.redis_url}"\n')
+    server = proxy_bench.start(f"first-{n}", argv, args.core, work, env, tree)
     base = f"http://127.0.0.1:{PORT}"
     try:
         ready_s = wait_readyz(server, base)
@@ -84,6 +90,7 @@ def one_start(args: argparse.Namespace, work: Path, n: int) -> dict[str, float]:
         cold = asyncio.run(stream_ttfb_s(url))
         warm = [asyncio.run(stream_ttfb_s(url)) for _ in range(args.warm)]
         rss_after = proxy_bench.rss_mb(server.pid)
+        pss_after = proxy_bench.pss_mb(server.pid)
     finally:
         server.stop()
     warm_ms = statistics.median(warm) * 1000
@@ -94,6 +101,7 @@ def one_start(args: argparse.Namespace, work: Path, n: int) -> dict[str, float]:
         "cold_minus_warm_ms": round(cold * 1000 - warm_ms, 1),
         "rss_ready_mb": rss_ready,
         "rss_after_mb": rss_after,
+        "pss_after_mb": pss_after,
     }
 
 
@@ -103,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=9)
     parser.add_argument("--workers", default="1")
     parser.add_argument("--core", default=proxy_bench.PROXY_CORE, help="taskset -c for serve")
+    parser.add_argument("--tree", default="", help="run `footprint serve` from this checkout")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="for --workers")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -122,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         f"direct TTFB {direct_ms:.1f} ms; cold minus warm, ms: median "
         f"{statistics.median(added):.1f}, each {added}; RSS at ready "
         f"{statistics.median(r['rss_ready_mb'] for r in runs):.1f} MB, after "
-        f"{statistics.median(r['rss_after_mb'] for r in runs):.1f} MB"
+        f"{statistics.median(r['rss_after_mb'] for r in runs):.1f} MB (PSS "
+        f"{statistics.median(r['pss_after_mb'] for r in runs):.1f} MB)"
     )
     return 0
 

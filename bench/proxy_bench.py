@@ -63,9 +63,16 @@ PORTS = {
     "bare-aiohttp": 9204,
     "footprint-aiohttp": 9205,
     "bare-httpx2": 9206,
+    "footprint-old": 9207,
+    "footprint-w1": 9208,
+    "footprint-w2": 9209,
 }
 ALL_TARGETS = ("direct", "footprint", "bare", "litellm")
 EXPERIMENTAL = ("bare-aiohttp", "footprint-aiohttp", "bare-httpx2")
+# Issue 17: `--old-tree` (a checkout of an older commit, run beside this one), and `--workers`
+# 1 and 2 with budgets in Redis (what more than one worker needs), both on both cores.
+OPTIONAL = ("footprint-old", "footprint-w1", "footprint-w2")
+BOTH_CORES = "0,1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -124,7 +131,12 @@ class Server:
 
 
 def start(
-    name: str, argv: list[str], core: str, log_dir: Path, env: dict[str, str] | None = None
+    name: str,
+    argv: list[str],
+    core: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Server:
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
@@ -132,7 +144,7 @@ def start(
             ["taskset", "-c", core, *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             start_new_session=True,  # its own process group, so stop() reaches its children
         )
@@ -205,6 +217,20 @@ def rss_mb(pid: int) -> float:
     return round(total_kb * 1024 / 1e6, 1)
 
 
+def pss_mb(pid: int) -> float:
+    """Pss of the process tree, MB: each page shared by k processes counts 1/k, so forked
+    workers' shared imports count once (VmRSS counts them in every worker)."""
+    total_kb = 0
+    for p in tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total_kb * 1024 / 1e6, 1)
+
+
 def thread_cpu_s(pid: int) -> dict[str, float]:
     """utime+stime per thread of `pid`, keyed "tid name", seconds."""
     found: dict[str, float] = {}
@@ -245,6 +271,7 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     py = sys.executable
     extra_env: dict[str, str] = {}
+    core, cwd = PROXY_CORE, ROOT
     if name.endswith("-aiohttp") and args.extra_path:
         extra_env["PYTHONPATH"] = args.extra_path
     if name.startswith("bare"):
@@ -256,9 +283,18 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
         config.write_text(
             FOOTPRINT_TOML.format(port=port, ledger=ledger, upstream_port=UPSTREAM_PORT)
         )
-        if name == "footprint":
-            argv = [py, "-m", "proxy.cli", "serve", "--config", str(config)]
-        else:
+        argv = [py, "-m", "proxy.cli", "serve", "--config", str(config)]
+        if name in ("footprint-w1", "footprint-w2"):
+            with config.open("a") as toml:
+                toml.write(f'\n[budgets]\nredis_url = "{args.redis_url}"\n')
+            argv += ["--workers", name[-1]]
+            core = BOTH_CORES
+        elif name == "footprint-old":
+            if not args.old_tree:
+                raise RuntimeError("footprint-old needs --old-tree (a checkout of the old commit)")
+            cwd = Path(args.old_tree).resolve()
+            extra_env["PYTHONPATH"] = str(cwd)
+        elif name == "footprint-aiohttp":
             argv = [py, str(BENCH / "proxy_bench.py"), "serve-footprint-aiohttp", str(config)]
     elif name == "litellm":
         exe = Path(args.litellm) / "bin" / "litellm"
@@ -276,7 +312,7 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
         extra_env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     else:
         raise ValueError(name)
-    server = start(name, argv, PROXY_CORE, log_dir, extra_env)
+    server = start(name, argv, core, log_dir, extra_env, cwd)
     target = Target(name, url, server)
     try:
         target.ready_s = wait_ready(server, url)
@@ -432,6 +468,7 @@ def measure(target: Target, script: Path, phase_s: float) -> dict[str, Any]:
     result: dict[str, Any] = {"url": url, "ready_s": round(target.ready_s, 1), "phases": phases}
     if target.server is not None:
         result["rss_mb"] = rss_mb(target.server.pid)
+        result["pss_mb"] = pss_mb(target.server.pid)
     return result
 
 
@@ -487,7 +524,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         "| target | a: req/s (32 conn) | a: CPU ms/req (core share) | b10: p50 / p99 ms "
         "| b10: added p50 ms "
         "| b100: p50 / p99 ms | c: TTFB p50 / p99 ms | c: added TTFB p50 ms "
-        "| c: total p50 / p99 ms | RSS MB | errors |",
+        "| c: total p50 / p99 ms | RSS / PSS MB | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, result in results.items():
@@ -509,7 +546,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {_fmt(c['ttfb_p50_ms'])} / {_fmt(c['ttfb_p99_ms'])} "
             f"| {'—' if name == 'direct' else _added(c['ttfb_p50_ms'], base_ttfb)} "
             f"| {_fmt(c['total_p50_ms'])} / {_fmt(c['total_p99_ms'])} "
-            f"| {_fmt(result.get('rss_mb'))} | {errors} |"
+            f"| {_fmt(result.get('rss_mb'))} / {_fmt(result.get('pss_mb'))} | {errors} |"
         )
     return "\n".join(lines)
 
@@ -544,7 +581,7 @@ def run_bench(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     if args.experimental:
         names += [n for n in EXPERIMENTAL if n not in names]
-    unknown = [n for n in names if n not in ALL_TARGETS + EXPERIMENTAL]
+    unknown = [n for n in names if n not in ALL_TARGETS + EXPERIMENTAL + OPTIONAL]
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(unknown)}")
     out = Path(args.out)
@@ -564,7 +601,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "b": "open loop, latency from the scheduled send time",
             "c": "16 concurrent streams, 16 chunks 5 ms apart; TTFB = first content delta",
             "cpu": "utime+stime of the proxy's process tree over the phase / answered requests",
-            "rss": "VmRSS of the proxy's process tree after the run",
+            "rss": "VmRSS (and Pss) of the proxy's process tree after the run",
         },
         "results": {},
     }
@@ -734,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCH / "results"))
     parser.add_argument("--litellm", default="/tmp/litellm-venv", help="LiteLLM's own venv")
     parser.add_argument("--extra-path", default="", help="PYTHONPATH for httpx-aiohttp")
+    parser.add_argument("--old-tree", default="", help="checkout of the commit footprint-old runs")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="footprint-w1/w2")
     commands = parser.add_subparsers(dest="command")
     profile = commands.add_parser("profile", help="py-spy a target under wrk load")
     profile.add_argument("--target", default="footprint", choices=[*PORTS])

@@ -131,7 +131,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
 
     host, port = settings.server.host, settings.server.port
     try:
-        sock = bind(host, port, listen=False)
+        sock = bind(host, port)
     except OSError as error:
         print(f"footprint: cannot listen on {host}:{port}: {error}", file=sys.stderr)
         return 1

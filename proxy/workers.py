@@ -1,8 +1,9 @@
 """`footprint serve --workers N|auto`: N processes on one port, each with its own event loop.
 
 The supervisor (the process `footprint serve` started) holds the port, then forks the
-workers, each listening on a socket of its own with SO_REUSEPORT: the kernel hands each new
-connection to one of them, spread evenly. The app is built in each worker after the fork
+workers, each with a socket of its own on the port (SO_REUSEPORT), listened on once that
+worker's lifespan and warm-up are done: the kernel hands each new connection to one ready
+worker, spread evenly. The app is built in each worker after the fork
 (threads, event loops, pools and database connections are never inherited); what was
 imported before it is shared copy-on-write. A worker that dies is started again; SIGTERM
 (or SIGINT) to the supervisor stops every worker gracefully, as one process would stop.
@@ -24,6 +25,7 @@ What must be one for the whole machine is, or the start is refused (`refusal`):
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -66,18 +68,17 @@ def refusal(settings: Settings, workers: int) -> str | None:
     return None
 
 
-def bind(host: str, port: int, *, listen: bool) -> socket.socket:
-    """A socket on `host:port` with SO_REUSEPORT. The supervisor's holds the port without
-    listening (and says at once when it is taken); each worker listens on one of its own, and
-    the kernel spreads new connections evenly over the listening ones."""
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` with SO_REUSEPORT, not listening. The supervisor's holds
+    the port (and says at once when it is taken); each worker has one of its own, which
+    uvicorn listens on once the worker is ready; the kernel spreads new connections evenly
+    over the listening ones."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-        if listen:
-            sock.listen(2048)
     except OSError:
         sock.close()
         raise
@@ -119,6 +120,10 @@ def supervise(workers: int, sock: socket.socket, run_worker: Callable[[list[Path
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     failed = False
+    # What is imported now is shared by every worker; frozen, the collector never writes to
+    # it, so the pages stay shared instead of being copied into each worker.
+    gc.collect()
+    gc.freeze()
     try:
         for index in range(workers):
             fork(index)
@@ -169,6 +174,8 @@ def run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    sock = bind(settings.server.host, settings.server.port, listen=True)
+    # Bound but not listening: the kernel sends this worker no connection until uvicorn
+    # listens on it, which is after the lifespan (and its warm-up) is done.
+    sock = bind(settings.server.host, settings.server.port)
     server.run(sockets=[sock])
     return 0 if server.started else 3

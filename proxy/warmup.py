@@ -58,9 +58,16 @@ async def warm_up(services: Services) -> float:
     # first request would (a read, cached as then). Otherwise a team no key can have.
     team = "default" if services.settings.server.auth == "none" else _NO_TEAM
     try:
-        await services.budgets.status(team)  # compiles the store's SELECTs
-    except Exception as exc:  # a store that is down now is /readyz's to report
+        # Pinged first: a store that is down now is /readyz's to report, and must not be
+        # counted as a failure of a request's (`status` would mark it down and count it).
+        await services.budgets.ping()
+    except Exception as exc:
         log.warning("warm-up: the budget store did not answer: %r", exc)
+    else:
+        try:
+            await services.budgets.status(team)  # compiles the store's SELECTs
+        except Exception as exc:  # warming never keeps the proxy from starting
+            log.warning("warm-up: the budget read failed: %r", exc)
     elapsed_s = time.perf_counter() - began
     log.debug("warm-up took %.1f ms", elapsed_s * 1000)
     return elapsed_s

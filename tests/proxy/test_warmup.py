@@ -31,6 +31,20 @@ def test_started_proxy_has_sent_nothing_upstream_and_written_no_row(
         assert db.execute("SELECT count(*) FROM budgets").fetchone() == (0,)
 
 
+def test_a_budget_store_down_at_start_is_not_counted_as_a_failed_request(
+    start_proxy: Callable[..., ServerThread],
+    tmp_path: Path,
+    upstream: ServerThread,
+    dead_port: int,
+) -> None:
+    settings = proxy_settings(
+        tmp_path, upstream.url, budgets={"redis_url": f"redis://127.0.0.1:{dead_port}/0"}
+    )
+    proxy = start_proxy(settings)
+
+    assert proxy.server.config.app.state.budgets.store_errors == 0
+
+
 def test_lifespan_loads_what_the_first_stream_would_import(tmp_path: Path) -> None:
     # In a fresh interpreter: pytest's own plugins have loaded anyio's backend here already.
     script = textwrap.dedent(

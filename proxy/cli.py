@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from meters.constants import (
@@ -127,7 +128,7 @@ def run_server(settings: Settings, workers: int = 1) -> int:
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
-    from proxy.workers import bind, run_worker, supervise
+    from proxy.workers import bind, supervise
 
     host, port = settings.server.host, settings.server.port
     try:
@@ -135,7 +136,36 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     except OSError as error:
         print(f"footprint: cannot listen on {host}:{port}: {error}", file=sys.stderr)
         return 1
-    return supervise(workers, sock, lambda peers: run_worker(settings, peers))
+    return supervise(workers, sock, lambda peers: _run_worker(settings, peers))
+
+
+def _run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:
+    """One worker: the app on its own event loop, on a listening socket of its own; its
+    metrics answered on `metrics_sockets[0]`, the others' summed into its `/metrics`.
+    Returns 3 when the app did not start (uvicorn's code for it), else 0."""
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.server import limited_protocol
+    from proxy.telemetry.merge import serve_metrics
+    from proxy.workers import bind
+
+    app = create_app(settings)
+    app.state.metrics_sockets = metrics_sockets
+    serve_metrics(metrics_sockets[0], lambda: app.state.telemetry)
+    config = uvicorn.Config(
+        app,
+        http=limited_protocol(settings.server),
+        log_level=settings.server.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    # Bound but not listening: the kernel sends this worker no connection until uvicorn
+    # listens on it, which is after the lifespan (and its warm-up) is done.
+    sock = bind(settings.server.host, settings.server.port)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 def _demo(args: argparse.Namespace) -> int:

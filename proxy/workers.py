@@ -151,31 +151,3 @@ def supervise(workers: int, sock: socket.socket, run_worker: Callable[[list[Path
         sock.close()
         shutil.rmtree(folder, ignore_errors=True)
     return 1 if failed else 0
-
-
-def run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:
-    """One worker: the app on its own event loop, on a listening socket of its own; its
-    metrics answered on `metrics_sockets[0]`, the others' summed into its `/metrics`.
-    Returns 3 when the app did not start (uvicorn's code for it), else 0."""
-    import uvicorn
-
-    from proxy.app import create_app
-    from proxy.server import limited_protocol
-    from proxy.telemetry.merge import serve_metrics
-
-    app = create_app(settings)
-    app.state.metrics_sockets = metrics_sockets
-    serve_metrics(metrics_sockets[0], lambda: app.state.telemetry)
-    config = uvicorn.Config(
-        app,
-        http=limited_protocol(settings.server),
-        log_level=settings.server.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-    # Bound but not listening: the kernel sends this worker no connection until uvicorn
-    # listens on it, which is after the lifespan (and its warm-up) is done.
-    sock = bind(settings.server.host, settings.server.port)
-    server.run(sockets=[sock])
-    return 0 if server.started else 3

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -193,3 +194,52 @@ def test_auto_is_the_cores_this_process_may_use() -> None:
 
     assert worker_count("auto") == len(os.sched_getaffinity(0))
     assert worker_count("3") == 3
+
+
+def _worker_pids(proxy: ProxyProcess) -> list[int]:
+    assert proxy.process is not None
+    pid = proxy.process.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_a_worker_killed_is_started_again_and_the_port_keeps_answering(
+    workers: tuple[ProxyProcess, Path], admin: httpx.AsyncClient
+) -> None:
+    proxy, folder = workers
+    _, _, key = await _new_team(admin, "killed")
+    before = _worker_pids(proxy)
+    assert len(before) == 2
+
+    os.kill(before[0], 9)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = _worker_pids(proxy)
+        if len(now) == 2 and before[0] not in now:
+            break
+        await asyncio.sleep(0.1)
+    _wait_for_both(proxy, folder.parent)
+
+    assert before[1] in _worker_pids(proxy)  # the other one was left alone
+    answers = await asyncio.gather(*(_chat(proxy.url, key) for _ in range(10)))
+    assert [a.status_code for a in answers] == [200] * 10
+
+
+def test_a_port_already_taken_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'l.db'}", REDIS_URL)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config["server"]["port"] = port
+        path = tmp_path / "footprint.toml"
+        path.write_text(to_toml(config))
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--workers", "2"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr

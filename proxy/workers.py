@@ -112,10 +112,10 @@ def supervise(workers: int, sock: socket.socket, run_worker: Callable[[list[Path
         nonlocal stopping
         stopping = True
         for pid in list(running):
-            # Ctrl-C reached the workers already (one process group); a SIGTERM did not.
-            if signum == signal.SIGTERM:
-                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-                    os.kill(pid, signal.SIGTERM)
+            # Always SIGTERM, also for a SIGINT: a Ctrl-C reached the workers already (one
+            # process group) and a second SIGINT would make uvicorn skip the graceful part.
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                os.kill(pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -243,3 +244,21 @@ def test_a_port_already_taken_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_supervisor_stops_every_worker(tmp_path: Path, signum: int) -> None:
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'l.db'}", REDIS_URL)
+    proxy = ProxyProcess("stop", config, tmp_path, args=["--workers", "2"]).start()
+    assert proxy.process is not None
+    deadline = time.monotonic() + 60
+    while len(pids := _worker_pids(proxy)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    try:
+        proxy.process.send_signal(signum)
+
+        assert proxy.process.wait(timeout=30) == 0
+        assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    finally:
+        proxy.stop()

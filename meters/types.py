@@ -59,6 +59,9 @@ class Measurement:
     method: Method
     basis: str  # "nvml", "prometheus", "ecologits", "calibrated:<model>@<accelerator>", …
     duration_s: float = 0.0
+    # How a measured figure was split (methodology §2b): "engine" (the model server's own
+    # token counters) or "local" (the requests this replica saw); "" when estimated.
+    attribution: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -685,7 +685,7 @@ COMPONENTS: list[tuple[str, str]] = [
     ("anyio (under httpcore and Starlette)", r"[(/]anyio/"),
     ("JSON (orjson/json)", r"orjson|[(/]json/"),
     ("uuid/datetime", r"[(/]uuid\.py|datetime"),
-    ("Footprint relay (proxy/forward.py own code)", r"proxy/forward\.py"),
+    ("Footprint relay (proxy/relay/ own code)", r"proxy/relay/"),
     ("FastAPI routing/DI", r"[(/]fastapi/"),
     ("Starlette middleware/routing/responses", r"[(/]starlette/"),
     ("uvicorn HTTP protocol", r"[(/]uvicorn/"),

@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +43,6 @@ import httpx  # noqa: E402
 from meters import Footprint  # noqa: E402
 from proxy.app import create_app  # noqa: E402
 from proxy.config import TelemetrySettings, UpstreamSettings  # noqa: E402
-from proxy.forward import Call  # noqa: E402
 from proxy.telemetry import Telemetry, build_telemetry  # noqa: E402
 from tests.proxy.conftest import proxy_settings  # noqa: E402
 from tests.proxy.otlp_receiver import OtlpReceiver  # noqa: E402
@@ -81,12 +81,34 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
     }
 
 
+@dataclass
+class Call:
+    """The fields of a relayed request that telemetry reads (proxy.telemetry.core.TracedCall)."""
+
+    request_id: str
+    endpoint: str
+    started: float
+    team: str
+    model: str
+    upstream: Any
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    max_tokens: int
+    response_model: str | None
+    finish_reasons: list[str]
+    first_chunk_s: float | None
+    status: int = 200
+    cancelled: bool = False
+    error: str | None = None
+    trace_id: str | None = None
+
+
 def one_request(telemetry: Telemetry, upstream: Any, i: int) -> float:
     call = Call(
         request_id=f"req-{i}",
         endpoint="chat.completions",
         started=time.perf_counter(),
-        received_at=datetime.now(UTC),
         team="search",
         model="llama-3.1-8b",
         upstream=upstream,

@@ -31,9 +31,9 @@ from proxy.auth import Authenticator
 from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
 from proxy.errors import InvalidRequest, NotFound, ProxyError
-from proxy.forward import Relay
 from proxy.idle import IdleRecorder
 from proxy.ledger import open_ledger
+from proxy.relay import Relay
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
 from proxy.routes.footprint import footprint_router

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy.budgets import Usage
 from proxy.config import Settings
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from proxy.auth import Authenticator
     from proxy.budgets import Budgets
     from proxy.ledger import Ledger
+    from proxy.telemetry import Telemetry
     from proxy.upstreams import UpstreamRouter
 
 __all__ = ["Services", "Usage"]
@@ -26,4 +27,4 @@ class Services:
     budgets: Budgets
     ledger: Ledger
     intensity: GridIntensity
-    telemetry: Any = None  # proxy.telemetry.Telemetry, or None when telemetry is off
+    telemetry: Telemetry | None = None  # None when telemetry is off

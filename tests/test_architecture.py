@@ -58,3 +58,24 @@ def test_only_telemetry_and_app_touch_the_otel_sdk() -> None:
         if any(name.startswith("opentelemetry.sdk") for name in imports_of(p))
     ]
     assert all("telemetry" in u or u.endswith("app.py") for u in users), users
+
+
+def test_no_function_in_the_relay_is_over_60_lines() -> None:
+    long = []
+    for path in modules("proxy/relay"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name} ({lines} lines)")
+    assert long == []
+
+
+def test_telemetry_does_not_import_the_relay() -> None:
+    users = [
+        str(p.relative_to(ROOT))
+        for p in modules("proxy/telemetry")
+        if any(name.startswith("proxy.relay") for name in imports_of(p))
+    ]
+    assert users == []

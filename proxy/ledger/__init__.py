@@ -6,7 +6,7 @@ holds teams, keys and budgets in the same database.
 
 from proxy.ledger._engine import LedgerConfigError
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
-from proxy.ledger._records import METRICS, PERIODS, LedgerRecord, as_utc, iso
+from proxy.ledger._records import METRICS, PERIODS, Endpoint, LedgerRecord, as_utc, iso
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
 from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
 from proxy.ledger._writer import LedgerWriteError
@@ -17,6 +17,7 @@ __all__ = [
     "PERIODS",
     "SUM_FIELDS",
     "AlreadyExists",
+    "Endpoint",
     "IdlePolicy",
     "Ledger",
     "LedgerConfigError",

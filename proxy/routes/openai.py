@@ -2,42 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from proxy.errors import ProxyError
+from proxy.errors import ModelNotFound
+from proxy.relay import ENDPOINTS, Relay
+from proxy.services import Services
 
 router = APIRouter()
 
 
-async def chat_completions(request: Request) -> Response:
-    return await request.app.state.relay.handle(request, "chat.completions")
+def relay_of(request: Request) -> Relay:
+    """The app's relay, typed."""
+    relay = request.app.state.relay
+    assert isinstance(relay, Relay)
+    return relay
 
 
-async def completions(request: Request) -> Response:
-    return await request.app.state.relay.handle(request, "completions")
+def services_of(request: Request) -> Services:
+    """The app's services, typed."""
+    services = request.app.state.services
+    assert isinstance(services, Services)
+    return services
 
 
-async def embeddings(request: Request) -> Response:
-    return await request.app.state.relay.handle(request, "embeddings")
+def _relayed(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
+    async def relayed(request: Request) -> Response:
+        return await relay_of(request).handle(request, endpoint)
+
+    relayed.__name__ = endpoint.replace(".", "_")
+    return relayed
 
 
 def relay_routes() -> list[BaseRoute]:
-    """The three relayed POST routes as plain Starlette routes: they take the bare request,
-    so FastAPI's per-route dependency and response machinery has nothing to do for them;
-    registered ahead of every router, they are also the first routes matched."""
-    return [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-    ]
+    """One POST route per entry of the endpoint table, as plain Starlette routes: they take
+    the bare request, so FastAPI's per-route dependency and response machinery has nothing
+    to do for them; registered ahead of every router, they are also the first routes matched."""
+    return [Route(spec.route, _relayed(name), methods=["POST"]) for name, spec in ENDPOINTS.items()]
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, object]:
     """The models this key may use, merged across upstreams."""
-    services = request.app.state.services
+    services = services_of(request)
     principal = await services.auth.authenticate(request.headers.get("authorization"))
     models = await services.router.list_models()
     return {"object": "list", "data": [m for m in models if principal.may_use(str(m["id"]))]}
@@ -45,15 +55,9 @@ async def list_models(request: Request) -> dict[str, object]:
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, object]:
-    services = request.app.state.services
+    services = services_of(request)
     principal = await services.auth.authenticate(request.headers.get("authorization"))
     for model in await services.router.list_models():
         if model["id"] == model_id and principal.may_use(model_id):
             return model
-    raise _model_not_found(model_id)
-
-
-def _model_not_found(model_id: str) -> ProxyError:
-    from proxy.errors import ModelNotFound
-
-    return ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+    raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")

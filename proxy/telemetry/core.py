@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -24,6 +24,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from meters import Footprint
+from proxy.config import UpstreamSettings
 from proxy.telemetry import names as n
 
 log = logging.getLogger("footprint.telemetry")
@@ -31,12 +33,64 @@ log = logging.getLogger("footprint.telemetry")
 _SCOPE = "footprint"
 
 
+class TracedUpstream(Protocol):
+    """What telemetry reads of an upstream."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> UpstreamSettings: ...
+
+
+class TracedCall(Protocol):
+    """What telemetry reads of a request (`proxy.relay.Call` is one); `begin` writes
+    `trace_id`, for the ledger row."""
+
+    trace_id: str | None
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def team(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def upstream(self) -> TracedUpstream | None: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def first_chunk_s(self) -> float | None: ...
+    @property
+    def response_model(self) -> str | None: ...
+    @property
+    def finish_reasons(self) -> Sequence[str]: ...
+
+
 class RequestTelemetry:
     """The per-request handle `begin` returns; the relay keeps it on `call.telemetry`."""
 
     __slots__ = ("call", "client_span", "context", "done", "server_span")
 
-    def __init__(self, call: Any, context: otel_context.Context | None, server_span: Any) -> None:
+    def __init__(
+        self, call: TracedCall, context: otel_context.Context | None, server_span: Any
+    ) -> None:
         self.call = call
         self.context = context
         self.server_span = server_span
@@ -168,7 +222,7 @@ class Telemetry:
         """Upstreams whose meters feed `footprint.idle_energy`, `hw.energy` and `hw.power`."""
         self._upstreams = list(upstreams)
 
-    def _upstream_names(self, upstream: Any) -> tuple[str, str, int]:
+    def _upstream_names(self, upstream: TracedUpstream) -> tuple[str, str, int]:
         """(provider name, server address, server port) of an upstream, worked out once."""
         name = upstream.name
         found = self._upstream_cache.get(name)
@@ -181,7 +235,7 @@ class Telemetry:
 
     # ---- the request path ------------------------------------------------------------------
 
-    def begin(self, headers: Mapping[str, str], call: Any) -> RequestTelemetry:
+    def begin(self, headers: Mapping[str, str], call: TracedCall) -> RequestTelemetry:
         """A request arrived: continue the caller's trace, open the server span, note the
         trace id on `call` for the ledger."""
         if self._tracer is None:
@@ -235,7 +289,7 @@ class Telemetry:
         handle.client_span = span
         self._propagator.inject(headers, context=trace.set_span_in_context(span, handle.context))
 
-    def end(self, handle: RequestTelemetry, call: Any, footprint: Any) -> None:
+    def end(self, handle: RequestTelemetry, call: TracedCall, footprint: Footprint) -> None:
         """The request's meter closed (success, upstream error, cut-off or disconnect): put the
         figures on the spans, end them, record the metrics. Runs once; later calls do nothing."""
         if handle.done:
@@ -323,7 +377,7 @@ class Telemetry:
             genai[n.ERROR_TYPE] = error_type
         self._duration.record(time.perf_counter() - call.started, genai)
 
-    def fail(self, handle: RequestTelemetry, call: Any, error: Any) -> None:
+    def fail(self, handle: RequestTelemetry, call: TracedCall, error: BaseException) -> None:
         """The proxy answered the request with its own error (before the upstream was called,
         or after `end`). After `end` this does nothing; otherwise the spans are marked failed
         and ended, and the request counted."""
@@ -363,7 +417,11 @@ class Telemetry:
             )
 
     def _end_server(
-        self, handle: RequestTelemetry, call: Any, error_type: str | None, status: int | None = None
+        self,
+        handle: RequestTelemetry,
+        call: TracedCall,
+        error_type: str | None,
+        status: int | None = None,
     ) -> None:
         span = handle.server_span
         if span is None:

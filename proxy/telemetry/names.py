@@ -82,7 +82,7 @@ DURATION_BUCKETS_S = (
 
 # ---- endpoints -----------------------------------------------------------------------------
 
-# proxy endpoint → (GenAI operation name, HTTP route). Agrees with proxy.forward.ENDPOINTS
+# proxy endpoint → (GenAI operation name, HTTP route). Agrees with proxy.relay.ENDPOINTS
 # (a test checks it); kept here so telemetry does not import the relay it instruments.
 ENDPOINTS: dict[str, tuple[str, str]] = {
     "chat.completions": ("chat", "/v1/chat/completions"),

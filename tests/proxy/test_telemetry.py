@@ -51,7 +51,7 @@ CALLER_HEADERS = {
 
 @dataclass
 class FakeCall:
-    """The fields of proxy.forward.Call that telemetry reads."""
+    """The fields of proxy.relay.Call that telemetry reads (proxy.telemetry.core.TracedCall)."""
 
     upstream: Any
     endpoint: str = "chat.completions"
@@ -636,10 +636,12 @@ def test_provider_name_follows_the_host_else_the_upstream_name(
 
 
 def test_endpoint_table_agrees_with_the_relay() -> None:
-    from proxy.forward import ENDPOINTS as RELAY_ENDPOINTS
+    from proxy.relay import ENDPOINTS as RELAY_ENDPOINTS
 
-    assert {k: v[1] for k, v in RELAY_ENDPOINTS.items()} == {k: v[0] for k, v in ENDPOINTS.items()}
-    assert {k: "/v1" + v[0] for k, v in RELAY_ENDPOINTS.items()} == {
+    assert {k: v.operation for k, v in RELAY_ENDPOINTS.items()} == {
+        k: v[0] for k, v in ENDPOINTS.items()
+    }
+    assert {k: "/v1" + v.path for k, v in RELAY_ENDPOINTS.items()} == {
         k: v[1] for k, v in ENDPOINTS.items()
     }
 

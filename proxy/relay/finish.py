@@ -1,0 +1,214 @@
+"""Finish: once per request that reached an upstream, whatever its outcome: the meter closes →
+the footprint → the ledger row is durable → the budget is settled → telemetry ends. Also the
+footprint as the client sees it (the JSON object, the headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from meters import Footprint, Measurement, MeterError, RequestTrack
+from meters.footprint import compute_footprint, footprint_json, format_decimal
+from proxy.budgets import Reservation, Usage
+from proxy.errors import ProxyError
+from proxy.ledger import LedgerRecord
+from proxy.relay.call import Call
+from proxy.relay.send import send
+from proxy.services import Services
+from proxy.tokens import count_prompt_tokens
+from proxy.upstreams import Upstream
+
+log = logging.getLogger("footprint.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A finished request's footprint and what is left of the team's budgets."""
+
+    footprint: Footprint
+    remaining: Mapping[str, float]
+
+
+class Finisher:
+    """The closing steps, shared by whole and streamed answers."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def footprint(self, upstream: Upstream, measurement: Measurement) -> Footprint:
+        intensity = await self.services.intensity.get(upstream.site.zone)
+        return compute_footprint(measurement, upstream.site, upstream.hardware, intensity)
+
+    async def count_prompt(self, call: Call) -> None:
+        """Prompt tokens by the upstream's tokenizer (or the rule of thumb), for an answer
+        that did not say."""
+        asked = call.need()
+        call.tally.tokens_counted = True
+        call.tally.prompt_tokens, _how = await count_prompt_tokens(
+            asked.upstream.client,
+            asked.upstream.settings.tokenize_url,
+            asked.model,
+            asked.prompt_text,
+        )
+
+    async def finish(self, call: Call, track: RequestTrack, reservation: Reservation) -> Finished:
+        """Close the meter, compute the footprint, make the ledger row durable, settle the
+        budget, end telemetry."""
+        upstream = call.need().upstream
+        measurement = await self._close_meter(call, track)
+        footprint = await self.footprint(upstream, measurement)
+        duration_s = time.perf_counter() - call.started
+        call.tally.overhead_ms = max(0.0, (duration_s - call.tally.upstream_s) * 1000.0)
+        await self.services.ledger.record(ledger_record(call, footprint, duration_s))
+        call.settled = True
+        remaining = await self.services.budgets.settle(reservation, spent(call, footprint))
+        telemetry = self.services.telemetry
+        if telemetry is not None and call.telemetry is not None:
+            telemetry.end(call.telemetry, call, footprint)
+        return Finished(footprint, remaining)
+
+    async def send(
+        self,
+        call: Call,
+        track: RequestTrack,
+        reservation: Reservation,
+        upstream_request: httpx.Request,
+    ) -> tuple[httpx.Response, float]:
+        """Send to the upstream (the response and when it was sent); a request that cannot
+        be sent is finished, and its error raised."""
+        sent = time.perf_counter()
+        try:
+            return await send(call.need().upstream, upstream_request), sent
+        except ProxyError as error:
+            call.tally.upstream_s = time.perf_counter() - sent
+            await self.refused(call, track, reservation, error)
+            raise
+
+    async def refused(
+        self, call: Call, track: RequestTrack, reservation: Reservation, error: ProxyError
+    ) -> None:
+        """Finish a request whose upstream failed (`error` is raised to the client after)."""
+        call.tally.status, call.tally.error = error.status_code, error.code
+        await self.finish(call, track, reservation)
+
+    async def upstream_error(
+        self, call: Call, track: RequestTrack, reservation: Reservation, status: int
+    ) -> None:
+        """Finish a request the upstream answered with its own error (passed on unchanged)."""
+        call.tally.status, call.tally.error = status, f"upstream_{status}"
+        await self.finish(call, track, reservation)
+
+    async def _close_meter(self, call: Call, track: RequestTrack) -> Measurement:
+        tally = call.tally
+        try:
+            return await track.close(
+                prompt_tokens=tally.prompt_tokens,
+                output_tokens=tally.completion_tokens,
+                cancelled=tally.cancelled,
+                latency_s=time.perf_counter() - call.started,
+            )
+        except MeterError as exc:
+            # Nothing measured it and nothing knows enough to estimate it (a model of unknown
+            # size): say so instead of inventing a figure, and still serve the request.
+            log.warning("request %s: no footprint: %s", call.request_id, exc)
+            return Measurement(0.0, 0.0, 0.0, "estimated", f"unavailable: {exc}")
+
+    def spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` (a cut-off request's finish) past the request's own task."""
+        task = asyncio.get_running_loop().create_task(_discard(work))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for records of cut-off requests still being written (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+async def _discard(work: Coroutine[Any, Any, object]) -> None:
+    await work
+
+
+def spent(call: Call, footprint: Footprint) -> Usage:
+    """What the request cost, on every budget metric."""
+    return Usage(
+        energy_j=footprint.energy_j,
+        co2e_g=footprint.co2e_g,
+        water_ml=footprint.water_ml,
+        tokens=call.tally.prompt_tokens + call.tally.completion_tokens,
+        requests=1,
+    )
+
+
+def ledger_record(call: Call, footprint: Footprint, duration_s: float) -> LedgerRecord:
+    """The ledger row of a finished request."""
+    asked, tally = call.need(), call.tally
+    return LedgerRecord(
+        request_id=call.request_id,
+        created_at=call.received_at,
+        team=call.team,
+        key_id=call.key_id,
+        model=asked.model,
+        upstream=asked.upstream.name,
+        endpoint=call.spec.name,
+        stream=asked.stream,
+        status=tally.status,
+        cancelled=tally.cancelled,
+        error=tally.error,
+        prompt_tokens=tally.prompt_tokens,
+        completion_tokens=tally.completion_tokens,
+        tokens_counted=tally.tokens_counted,
+        method=footprint.method,
+        basis=footprint.basis,
+        gpu_energy_j=footprint.gpu_energy_j,
+        energy_j=footprint.energy_j,
+        co2e_g=footprint.co2e_g,
+        embodied_co2e_g=footprint.embodied_co2e_g,
+        water_ml=footprint.water_ml,
+        zone=footprint.zone,
+        grid_gco2e_per_kwh=footprint.grid_gco2e_per_kwh,
+        pue=footprint.pue,
+        intensity_source=footprint.intensity_source,
+        trace_id=call.trace_id,
+        duration_ms=duration_s * 1000.0,
+        overhead_ms=tally.overhead_ms,
+    )
+
+
+def footprint_object(call: Call, footprint: Footprint) -> dict[str, object]:
+    """The contract's `footprint` object of a request."""
+    tally = call.tally
+    obj = footprint_json(footprint, call.request_id, tally.prompt_tokens, tally.completion_tokens)
+    obj["basis"] = footprint.basis
+    if tally.tokens_counted:
+        obj["tokens_counted"] = True
+    if tally.cancelled:
+        obj["cancelled"] = True
+    return obj
+
+
+def footprint_headers(
+    call: Call, footprint: Footprint, remaining: Mapping[str, float]
+) -> dict[str, str]:
+    """The contract's `x-footprint-*` headers of a whole answer."""
+    headers = {
+        "x-request-id": call.request_id,
+        "x-footprint-method": footprint.method,
+        "x-footprint-gpu-energy-j": format_decimal(footprint.gpu_energy_j),
+        "x-footprint-energy-j": format_decimal(footprint.energy_j),
+        "x-footprint-co2e-g": format_decimal(footprint.co2e_g),
+        "x-footprint-water-ml": format_decimal(footprint.water_ml),
+        "x-footprint-zone": footprint.zone,
+        "x-footprint-grid-gco2e-per-kwh": format_decimal(footprint.grid_gco2e_per_kwh),
+        "x-footprint-overhead-ms": format_decimal(call.tally.overhead_ms),
+    }
+    for metric, value in remaining.items():
+        headers[f"x-footprint-budget-remaining-{metric}"] = format_decimal(value)
+    return headers

@@ -1,0 +1,136 @@
+"""The relay's entry point: a request authenticated, read, checked against its endpoint's
+entry, routed, its worst case reserved, then relayed whole or streamed."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meters import MeterError
+from proxy.budgets import Usage
+from proxy.errors import ModelNotFound, PermissionDenied, ProxyError
+from proxy.relay import checks, send
+from proxy.relay.call import Asked, Call
+from proxy.relay.endpoints import ENDPOINTS
+from proxy.relay.finish import Finisher
+from proxy.relay.intake import read_json
+from proxy.relay.stream import relay_stream
+from proxy.relay.whole import relay_whole
+from proxy.services import Services
+from proxy.tokens import approx_tokens
+
+
+class Relay:
+    """Relays requests to upstreams; one instance per app, held on `app.state`."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.finisher = Finisher(services)
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        """Relay one request to `endpoint` (a key of `ENDPOINTS`); every outcome is an answer."""
+        call = Call(
+            request_id=request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}",
+            spec=ENDPOINTS[endpoint],
+            started=time.perf_counter(),
+            received_at=datetime.now(UTC),
+        )
+        telemetry = self.services.telemetry
+        if telemetry is not None:
+            call.telemetry = telemetry.begin(request.headers, call)
+        try:
+            return await self._handle(request, call)
+        except ProxyError as error:
+            call.tally.status = error.status_code
+            call.tally.error = error.code or error.error_type
+            if telemetry is not None and call.telemetry is not None:
+                telemetry.fail(call.telemetry, call, error)
+            return error.to_response({"x-request-id": call.request_id})
+
+    async def _handle(self, request: Request, call: Call) -> Response:
+        raw, body = await self._admit(request, call)
+        asked = call.need()
+        reservation = await self.services.budgets.reserve(
+            call.team, await self._worst_case(call), call.request_id
+        )
+        try:
+            if asked.stream:
+                raw = orjson.dumps(body)  # the body as prepared for streaming
+            upstream_request = self._upstream_request(request, call, raw)
+            track = asked.upstream.meter.open(call.request_id, asked.model)
+            relay = relay_stream if asked.stream else relay_whole
+            return await relay(self.finisher, call, track, upstream_request, reservation)
+        except BaseException:
+            if not call.settled:
+                await self.services.budgets.release(reservation)
+            raise
+
+    async def _admit(self, request: Request, call: Call) -> tuple[bytes, dict[str, Any]]:
+        """Authenticate, read, check, route: `call.asked` is set, or an error is raised."""
+        services, spec = self.services, call.spec
+        principal = await services.auth.authenticate(request.headers.get("authorization"))
+        call.team, call.key_id = principal.team, principal.key_id
+        raw, body = await read_json(request, self.settings.server.max_body_bytes)
+        model = checks.require_model(body)
+        spec.check(body)
+        call.model = model
+        if not principal.may_use(model):
+            raise PermissionDenied(f"this key may not use model {model!r}", param="model")
+        upstream = services.router.route(model)
+        if upstream is None:
+            raise ModelNotFound(f"the model {model!r} does not exist", param="model")
+        stream = spec.streams and body.get("stream") is True
+        default_cap = self.settings.budgets.default_max_tokens
+        call.asked = Asked(
+            model=model,
+            upstream=upstream,
+            stream=stream,
+            client_wants_usage=spec.prepare_stream(body) if stream else False,
+            prompt_text=spec.prompt_text(body),
+            max_tokens=checks.max_tokens(body, default_cap, *spec.cap_fields)
+            if spec.generates
+            else 0,
+        )
+        return raw, body
+
+    def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
+        asked = call.need()
+        headers = send.upstream_headers(request.headers, asked.upstream, call.request_id)
+        telemetry = self.services.telemetry
+        if telemetry is not None and call.telemetry is not None:
+            telemetry.inject(call.telemetry, headers)
+        return asked.upstream.post_request(call.spec.path, content, headers)
+
+    async def _worst_case(self, call: Call) -> Usage:
+        """What the request could cost at most, for the budget reservation."""
+        asked = call.need()
+        prompt_tokens = approx_tokens(asked.prompt_text)
+        tokens = prompt_tokens + asked.max_tokens
+        try:
+            measurement = asked.upstream.estimator.estimate(
+                asked.model, prompt_tokens, asked.max_tokens, math.inf
+            )
+        except MeterError:
+            # A model of unknown size: only token and request budgets can be held for it.
+            return Usage(tokens=tokens, requests=1)
+        footprint = await self.finisher.footprint(asked.upstream, measurement)
+        return Usage(
+            energy_j=footprint.energy_j,
+            co2e_g=footprint.co2e_g,
+            water_ml=footprint.water_ml,
+            tokens=tokens,
+            requests=1,
+        )
+
+    async def drain(self) -> None:
+        """Wait for records of cut-off requests still being written (at shutdown)."""
+        await self.finisher.drain()

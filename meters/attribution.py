@@ -53,6 +53,11 @@ __all__ = [
 # A tick the engine spent on work no token shows yet (a long prefill) joins the next one, but
 # never for longer than this: then it counts as other traffic.
 MAX_DEFERRED_S = 2.0
+# A tick's unclaimed engine work waits this many ticks before it is other traffic: a token the
+# engine counted at a tick's end reaches the proxy a few milliseconds later, in the next tick.
+GRACE_TICKS = 3
+# Tokens seen this soon after a tick closed may be ones the engine counted in it.
+LAG_WINDOW_S = 0.05
 
 
 @dataclass(slots=True)
@@ -88,6 +93,7 @@ class _InFlight:
     first_visible_s: float | None = None
     credit: float = 0.0  # local rule: weight credited ahead to it while it stalled
     claim_weight: float = 0.0  # α·prompt + output given at its end, for a window claim
+    early_weight: float = 0.0  # weight seen just after the last tick closed (maybe lagged)
 
     @property
     def visible_ever(self) -> bool:
@@ -104,6 +110,7 @@ class _Held:
     weight: float
     energy_j: float
     hardware_s: float
+    waiting: bool = True  # a request whose tokens may show at its end was in flight
 
 
 class Attributor:
@@ -127,6 +134,7 @@ class Attributor:
         self._quiet = True  # nothing ran at the last tick's end (the engine or ours)
         self._idle_power_w: float | None = None
         self._held: deque[_Held] = deque()
+        self._grace: deque[_Held] = deque()  # the last ticks' unclaimed work (relay lag)
         self.idle_energy_j = 0.0
         self.idle_s = 0.0
         self.other_energy_j = 0.0
@@ -145,7 +153,7 @@ class Attributor:
     @property
     def held_energy_j(self) -> float:
         """Unclaimed engine work kept for requests whose tokens show only at their end."""
-        return sum(h.energy_j for h in self._held)
+        return sum(h.energy_j for h in self._held) + sum(h.energy_j for h in self._grace)
 
     @property
     def in_flight(self) -> int:
@@ -158,17 +166,27 @@ class Attributor:
             raise ValueError(f"request {request_id!r} already started")
         self._requests[request_id] = _InFlight(RequestEnergy(request_id, start_s=time_s))
 
-    def first_token(self, request_id: str, prompt_tokens: int) -> None:
-        """The first output token arrived: `prompt_tokens` were prefilled."""
+    def first_token(self, request_id: str, prompt_tokens: int, time_s: float | None = None) -> None:
+        """The first output token arrived (at `time_s`): `prompt_tokens` were prefilled."""
         request = self._open_request(request_id)
         if request is not None and prompt_tokens > 0:
             request.prompt_tokens += prompt_tokens
+            if self._early(time_s):
+                request.early_weight += self.alpha * prompt_tokens
 
-    def output_tokens(self, request_id: str, count: int) -> None:
-        """`count` more output tokens arrived."""
+    def output_tokens(self, request_id: str, count: int, time_s: float | None = None) -> None:
+        """`count` more output tokens arrived (at `time_s`)."""
         request = self._open_request(request_id)
         if request is not None and count > 0:
             request.output_tokens += count
+            if self._early(time_s):
+                request.early_weight += count
+
+    def _early(self, time_s: float | None) -> bool:
+        """Whether an event came so soon after the last tick closed that the engine may have
+        counted it in that tick (the relay's lag)."""
+        last_s = self._last_time_s
+        return time_s is not None and last_s is not None and time_s - last_s < LAG_WINDOW_S
 
     def end(
         self, request_id: str, time_s: float, *, prompt_tokens: int = 0, output_tokens: int = 0
@@ -230,11 +248,21 @@ class Attributor:
         if self._quiet and first_arrival_s is not None:
             quiet_s = first_arrival_s - t0
             idle_j = arrival_split(delta_j, t1 - t0, quiet_s, self._idle_power_w)
+        tail_s = self._quiet_tail_s(entries, activity, t1)
+        if tail_s > 0.0:
+            # Everything ended before the read and nothing runs now: the tail is idle too.
+            tail_s = min(tail_s, (t1 - t0) - quiet_s)
+            tail_j = arrival_split(
+                delta_j - idle_j, (t1 - t0) - quiet_s, tail_s, self._idle_power_w
+            )
+            idle_j += tail_j
+            quiet_s += tail_s
         rest_j, rest_s = delta_j - idle_j, (t1 - t0) - quiet_s
         split: TickSplit | EngineSplit
         if engine_w is not None:
             split = self._engine_tick(rest_j, rest_s, entries, engine_w, t0, t1)
         else:
+            self._flush_grace()
             split = self._local_tick(rest_j, rest_s, entries, t1)
         self._book(split, t1)
         if rest_j > 0.0:
@@ -258,6 +286,8 @@ class Attributor:
             engine_w > 0.0 or (activity is not None and activity.running > 0)
         )
         self._quiet = not ours_running and not engine_ran
+        if not ours_running:
+            self._flush_grace()  # nobody of ours in flight: no late token can claim it
         self._release_held()
         return split
 
@@ -273,6 +303,8 @@ class Attributor:
         stays attributed to it (it is in these totals), so conservation still holds.
         """
         request = self._requests.pop(request_id, None)
+        if not any(not r.totals.settled for r in self._requests.values()):
+            self._flush_grace()  # nobody left whose late tokens could claim it
         self._release_held()
         return None if request is None else request.totals
 
@@ -288,6 +320,23 @@ class Attributor:
         for request in self._requests.values():
             # Work reported before the baseline has no measured energy to share.
             request.prompt_tokens = request.output_tokens = 0.0
+
+    @staticmethod
+    def _quiet_tail_s(
+        entries: list[tuple[_InFlight, float, float, float, float | None]],
+        activity: ActivitySample | None,
+        t1: float,
+    ) -> float:
+        """Time from the last end of ours in the tick to its read, when nothing runs after."""
+        if not entries or (activity is not None and activity.running > 0):
+            return 0.0
+        last_end_s = 0.0
+        for entry in entries:
+            end_s = entry[0].totals.end_s
+            if end_s is None or end_s > t1:
+                return 0.0
+            last_end_s = max(last_end_s, end_s)
+        return t1 - last_end_s
 
     def _prefill_pending(
         self,
@@ -351,19 +400,80 @@ class Attributor:
         weights = {
             e[0].totals.request_id: self.alpha * e[2] + e[3] for e in entries if e[2] or e[3]
         }
+        # Tokens seen just after the last tick closed were, as far as the engine's counter
+        # goes, made in it: they take back that tick's unclaimed work first.
+        early = {
+            rid: min(e[0].early_weight, weights[rid])
+            for e in entries
+            if e[0].early_weight and (rid := e[0].totals.request_id) in weights
+        }
+        lagged = self._claim_grace(early) if early and self._grace else {}
+        for rid, (_energy_j, _seconds, weight) in lagged.items():
+            weights[rid] = max(weights[rid] - weight, 0.0)
         split = attribute_engine_tick(energy_j, duration_s, weights, engine_w)
+        local_w = sum(weights.values())
+        if local_w > engine_w and self._grace:
+            # More seen than the engine counted, even so: a longer lag; take back older work.
+            excess_w = local_w - engine_w
+            more = self._claim_grace({rid: w * excess_w / local_w for rid, w in weights.items()})
+            for rid, claim in more.items():
+                old = lagged.get(rid, (0.0, 0.0, 0.0))
+                lagged[rid] = (old[0] + claim[0], old[1] + claim[1], old[2] + claim[2])
+        for rid, (claimed_j, claimed_s, _weight) in lagged.items():
+            split.shares_j[rid] += claimed_j
+            split.hardware_s[rid] += claimed_s
         self.engine_ticks += 1
         for request, _overlap, prompt, output, _rate in entries:
             if prompt or output:
                 self._mark_visible(request, output, t0)
-        unclaimed_w = max(engine_w - sum(weights.values()), 0.0)
         waiting = any(not e[0].visible_ever and not e[0].totals.settled for e in entries)
-        if waiting and split.other_j > 0.0:
-            self._held.append(_Held(t0, t1, unclaimed_w, split.other_j, split.other_s))
-        else:
-            self.other_energy_j += split.other_j
-            self.other_s += split.other_s
+        unclaimed_w = max(engine_w - local_w, 0.0)
+        self._grace.append(_Held(t0, t1, unclaimed_w, split.other_j, split.other_s, waiting))
+        while len(self._grace) > GRACE_TICKS:
+            self._unclaimed(self._grace.popleft())
         return split
+
+    def _claim_grace(self, wanted: dict[str, float]) -> dict[str, tuple[float, float, float]]:
+        """Take up to Σ `wanted` weight of the last ticks' unclaimed work, newest first.
+
+        Returns per request (energy J, hardware s, weight) in proportion to what it wanted.
+        """
+        total_w = sum(wanted.values())
+        remaining_w = total_w
+        claimed_j = claimed_s = claimed_w = 0.0
+        for held in reversed(self._grace):
+            if remaining_w <= 0.0:
+                break
+            if held.weight <= 0.0:
+                continue
+            fraction = min(1.0, remaining_w / held.weight)
+            taken_w = held.weight * fraction
+            remaining_w -= taken_w
+            claimed_w += taken_w
+            claimed_j += held.energy_j * fraction
+            claimed_s += held.hardware_s * fraction
+            held.energy_j -= held.energy_j * fraction
+            held.hardware_s -= held.hardware_s * fraction
+            held.weight -= taken_w
+        if total_w <= 0.0 or claimed_w <= 0.0:
+            return {}
+        return {
+            rid: (claimed_j * w / total_w, claimed_s * w / total_w, claimed_w * w / total_w)
+            for rid, w in wanted.items()
+        }
+
+    def _unclaimed(self, held: _Held) -> None:
+        """Unclaimed work past its grace: kept for a request that may claim it at its end,
+        else other traffic."""
+        if held.waiting and held.energy_j > 0.0:
+            self._held.append(held)
+        else:
+            self.other_energy_j += held.energy_j
+            self.other_s += held.hardware_s
+
+    def _flush_grace(self) -> None:
+        while self._grace:
+            self._unclaimed(self._grace.popleft())
 
     def _local_tick(
         self,
@@ -374,20 +484,20 @@ class Attributor:
     ) -> TickSplit:
         rows: list[tuple[str, float, float, float, float | None]] = []
         for request, overlap_s, prompt, output, own_rate in entries:
-            if output > 0 and request.credit > 0:
-                taken = min(request.credit, output)
+            weight = self.alpha * prompt + output
+            if weight > 0 and request.credit > 0:
+                # Weight it was given ahead while it showed nothing is taken off its tokens.
+                taken = min(request.credit, weight)
                 request.credit -= taken
-                output -= taken
-                if output <= 0 and prompt <= 0:
-                    rows.append((request.totals.request_id, overlap_s, 0.0, 0.0, 0.0))
-                    continue
+                rows.append((request.totals.request_id, overlap_s, 0.0, weight - taken, 0.0))
+                continue
             rows.append((request.totals.request_id, overlap_s, prompt, output, own_rate))
         weights = local_weights(rows, self.alpha)
-        for request, overlap_s, prompt, output, own_rate in entries:
+        for request, _overlap_s, prompt, output, _own_rate in entries:
             if prompt or output:
                 self._mark_visible(request, output, t1 - duration_s)
-            elif own_rate is not None:
-                request.credit += own_rate * overlap_s
+            else:
+                request.credit += weights.get(request.totals.request_id, 0.0)
             request.totals.local_ticks += 1
         return split_by_weights(energy_j, duration_s, weights)
 
@@ -405,7 +515,7 @@ class Attributor:
         for request in list(self._requests.values()):
             if request.totals.settled:
                 continue
-            request.prompt_tokens = request.output_tokens = 0.0
+            request.prompt_tokens = request.output_tokens = request.early_weight = 0.0
             if request.totals.end_s is not None and request.totals.end_s <= t1:
                 self._settle(request)
 
@@ -414,13 +524,13 @@ class Attributor:
     def _settle(self, request: _InFlight) -> None:
         request.totals.settled = True
         request.prompt_tokens = request.output_tokens = 0.0
-        if not request.visible_ever and request.claim_weight > 0.0 and self._held:
+        if not request.visible_ever and request.claim_weight > 0.0 and (self._held or self._grace):
             self._claim(request)
 
     def _claim(self, request: _InFlight) -> None:
         start_s = request.totals.start_s
         end_s = request.totals.end_s if request.totals.end_s is not None else start_s
-        window = [h for h in self._held if h.end_s > start_s and h.start_s < end_s]
+        window = [h for h in (*self._held, *self._grace) if h.end_s > start_s and h.start_s < end_s]
         fraction = window_claim(request.claim_weight, [h.weight for h in window])
         if fraction <= 0.0:
             return

@@ -86,6 +86,7 @@ def compute_footprint(
         pue=site.pue,
         intensity_source=intensity.source,
         basis=measurement.basis,
+        attribution=measurement.attribution if measurement.method == "measured" else "",
     )
 
 

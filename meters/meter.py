@@ -38,6 +38,8 @@ SERVER_POWER_W_PER_GPU = 150.0
 # A counter slower than the tick (DCGM's exporter steps about once a second) settles a request
 # only when it next steps; close() waits for that, up to this long, then estimates.
 SETTLE_TIMEOUT_S = 3.0
+# The engine's /metrics is read on the sampler thread beside the energy: keep a read short.
+ACTIVITY_TIMEOUT_S = 0.5
 
 
 class TelemetryMeter(RequestMeter, Protocol):
@@ -329,7 +331,9 @@ def build_meter(
         raise ValueError(f"unknown meter kind {kind!r} (nvml, prometheus or estimate)")
     engine: EngineActivitySource | None = None
     if activity != "local" and activity_url:
-        engine = EngineActivitySource(activity_url, transport=transport, clock=clock)
+        engine = EngineActivitySource(
+            activity_url, transport=transport, clock=clock, timeout_s=ACTIVITY_TIMEOUT_S
+        )
     gpu_list = ",".join(str(g) for g in gpus)
     where = url if kind == "prometheus" else socket.gethostname()
     return MeasuredMeter(

@@ -25,6 +25,9 @@ from meters.types import MeterError
 logger = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 0.1  # the GPU counter moves about every 100 ms; shorter buys nothing (§1)
+# After a failed read of the engine's counters, the ticks of this long are split locally
+# before it is tried again: a server that does not answer must not slow the energy reads.
+ACTIVITY_RETRY_S = 2.0
 
 # Requests waiting for an early read: the event loop each awaits on, and its future.
 _Waiters = list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
@@ -78,6 +81,7 @@ class Sampler:
         self._wall_clock = wall_clock
         self._booked = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         self._activity_seen = False  # the engine's counters answered at least once
+        self._activity_retry_at_s = float("-inf")
         self._on_local = on_local  # told once when the upstream settles on the local rule
         if activity is None and on_local is not None:
             on_local("no engine activity source")
@@ -151,9 +155,13 @@ class Sampler:
         source = self.activity
         if source is None:
             return None
+        now_s = self._clock()
+        if now_s < self._activity_retry_at_s:
+            return None  # it failed a moment ago: do not hold the energy reads up retrying
         try:
             activity = source.read()
         except MeterError as exc:
+            self._activity_retry_at_s = now_s + ACTIVITY_RETRY_S
             if not self._activity_seen and not self._activity_required:
                 if isinstance(exc, NoEngineCounters) or "HTTP 404" in str(exc):
                     # `auto`, and the server publishes no counters: the local rule, for good.

@@ -80,6 +80,7 @@ class Footprint:
     intensity_source: str = ""
     basis: str = ""
     extras: dict[str, object] = field(default_factory=dict)
+    attribution: str = ""  # "engine" | "local" for a measured figure (methodology §2b)
 
 
 class RequestTrack(Protocol):

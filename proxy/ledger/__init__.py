@@ -4,6 +4,7 @@ Only this package speaks SQL. `open_ledger(settings.ledger)` gives a `Ledger`; i
 holds teams, keys and budgets in the same database.
 """
 
+from proxy.ledger._accounts import ACCOUNT_FIELDS, AccountRow
 from proxy.ledger._engine import LedgerConfigError
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
 from proxy.ledger._records import METRICS, PERIODS, Endpoint, LedgerRecord, as_utc, iso
@@ -12,10 +13,12 @@ from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
+    "ACCOUNT_FIELDS",
     "GROUP_KEYS",
     "METRICS",
     "PERIODS",
     "SUM_FIELDS",
+    "AccountRow",
     "AlreadyExists",
     "Endpoint",
     "IdlePolicy",

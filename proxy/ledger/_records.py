@@ -45,6 +45,8 @@ class LedgerRecord:
     trace_id: str | None
     duration_ms: float
     overhead_ms: float
+    # How a measured figure was split: "engine" or "local" (methodology §2b); None otherwise.
+    attribution: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         # A shallow copy: every field is an immutable scalar, and `asdict`'s deep copy costs

@@ -176,6 +176,7 @@ def ledger_record(call: Call, footprint: Footprint, duration_s: float) -> Ledger
         grid_gco2e_per_kwh=footprint.grid_gco2e_per_kwh,
         pue=footprint.pue,
         intensity_source=footprint.intensity_source,
+        attribution=footprint.attribution or None,
         trace_id=call.trace_id,
         duration_ms=duration_s * 1000.0,
         overhead_ms=tally.overhead_ms,
@@ -187,6 +188,8 @@ def footprint_object(call: Call, footprint: Footprint) -> dict[str, object]:
     tally = call.tally
     obj = footprint_json(footprint, call.request_id, tally.prompt_tokens, tally.completion_tokens)
     obj["basis"] = footprint.basis
+    if footprint.attribution:
+        obj["attribution"] = footprint.attribution
     if tally.tokens_counted:
         obj["tokens_counted"] = True
     if tally.cancelled:

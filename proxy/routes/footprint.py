@@ -147,6 +147,8 @@ async def get_usage(request: Request) -> Response:
     )
     truncated = len(rows) > limit
     rows = rows[:limit]
+    # The GPUs' own account per upstream and day (admin only: it covers every team's work).
+    accounts = await request.app.state.ledger.accounts(start, end) if principal.admin else []
     if fmt == "csv":
         return Response(
             usage_csv(rows, group_by),
@@ -165,6 +167,8 @@ async def get_usage(request: Request) -> Response:
             "has_more": truncated,
             # Idle energy per upstream not carried by any team row (admin only).
             "idle": idle if principal.admin else [],
+            # Per upstream and day: measured = requests + idle + other (methodology §2b).
+            "accounts": accounts,
         }
     )
 

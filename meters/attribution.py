@@ -93,7 +93,6 @@ class _InFlight:
     first_visible_s: float | None = None
     credit: float = 0.0  # local rule: weight credited ahead to it while it stalled
     claim_weight: float = 0.0  # α·prompt + output given at its end, for a window claim
-    early_weight: float = 0.0  # weight seen just after the last tick closed (maybe lagged)
 
     @property
     def visible_ever(self) -> bool:
@@ -135,6 +134,8 @@ class Attributor:
         self._idle_power_w: float | None = None
         self._held: deque[_Held] = deque()
         self._grace: deque[_Held] = deque()  # the last ticks' unclaimed work (relay lag)
+        # (request id, weight) of the events that came just after the last tick closed
+        self._arrivals: list[tuple[str, float]] = []
         self.idle_energy_j = 0.0
         self.idle_s = 0.0
         self.other_energy_j = 0.0
@@ -172,7 +173,7 @@ class Attributor:
         if request is not None and prompt_tokens > 0:
             request.prompt_tokens += prompt_tokens
             if self._early(time_s):
-                request.early_weight += self.alpha * prompt_tokens
+                self._arrivals.append((request_id, self.alpha * prompt_tokens))
 
     def output_tokens(self, request_id: str, count: int, time_s: float | None = None) -> None:
         """`count` more output tokens arrived (at `time_s`)."""
@@ -180,7 +181,7 @@ class Attributor:
         if request is not None and count > 0:
             request.output_tokens += count
             if self._early(time_s):
-                request.early_weight += count
+                self._arrivals.append((request_id, float(count)))
 
     def _early(self, time_s: float | None) -> bool:
         """Whether an event came so soon after the last tick closed that the engine may have
@@ -265,6 +266,7 @@ class Attributor:
             self._flush_grace()
             split = self._local_tick(rest_j, rest_s, entries, t1)
         self._book(split, t1)
+        self._arrivals.clear()
         if rest_j > 0.0:
             tick_idle_s = quiet_s + rest_s * split.idle_j / rest_j
             if split.idle_j == rest_j and quiet_s == 0.0 and rest_s > 0.0:
@@ -402,12 +404,8 @@ class Attributor:
         }
         # Tokens seen just after the last tick closed were, as far as the engine's counter
         # goes, made in it: they take back that tick's unclaimed work first.
-        early = {
-            rid: min(e[0].early_weight, weights[rid])
-            for e in entries
-            if e[0].early_weight and (rid := e[0].totals.request_id) in weights
-        }
-        lagged = self._claim_grace(early) if early and self._grace else {}
+        early = self._lagged_arrivals(weights)
+        lagged = self._claim_grace(early, newest_only=True) if early else {}
         for rid, (_energy_j, _seconds, weight) in lagged.items():
             weights[rid] = max(weights[rid] - weight, 0.0)
         split = attribute_engine_tick(energy_j, duration_s, weights, engine_w)
@@ -433,7 +431,33 @@ class Attributor:
             self._unclaimed(self._grace.popleft())
         return split
 
-    def _claim_grace(self, wanted: dict[str, float]) -> dict[str, tuple[float, float, float]]:
+    def _lagged_arrivals(self, weights: dict[str, float]) -> dict[str, float]:
+        """The first arrivals after the last tick closed, in their order, up to the weight the
+        last ticks left unclaimed: those are the tokens the engine had already counted."""
+        newest = self._grace[-1] if self._grace else None
+        if newest is None or any(
+            not r.visible_ever
+            and not r.totals.settled
+            and r.totals.start_s < newest.end_s
+            and r.totals.request_id not in weights  # its first tokens are here: not waiting
+            for r in self._requests.values()
+        ):
+            return {}  # nothing unclaimed, or kept for a request whose tokens show at its end
+        available_w = newest.weight
+        early: dict[str, float] = {}
+        for request_id, weight in self._arrivals:
+            if available_w <= 0.0:
+                break
+            room = weights.get(request_id, 0.0) - early.get(request_id, 0.0)
+            take = min(weight, available_w, room)
+            if take > 0.0:
+                early[request_id] = early.get(request_id, 0.0) + take
+                available_w -= take
+        return early
+
+    def _claim_grace(
+        self, wanted: dict[str, float], *, newest_only: bool = False
+    ) -> dict[str, tuple[float, float, float]]:
         """Take up to Σ `wanted` weight of the last ticks' unclaimed work, newest first.
 
         Returns per request (energy J, hardware s, weight) in proportion to what it wanted.
@@ -443,6 +467,8 @@ class Attributor:
         claimed_j = claimed_s = claimed_w = 0.0
         for held in reversed(self._grace):
             if remaining_w <= 0.0:
+                break
+            if newest_only and held is not self._grace[-1]:
                 break
             if held.weight <= 0.0:
                 continue
@@ -515,7 +541,7 @@ class Attributor:
         for request in list(self._requests.values()):
             if request.totals.settled:
                 continue
-            request.prompt_tokens = request.output_tokens = request.early_weight = 0.0
+            request.prompt_tokens = request.output_tokens = 0.0
             if request.totals.end_s is not None and request.totals.end_s <= t1:
                 self._settle(request)
 

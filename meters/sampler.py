@@ -337,13 +337,15 @@ class Sampler:
 
     def first_token(self, request_id: str, prompt_tokens: int) -> None:
         """The request's first output token arrived."""
+        now_s = self._clock()  # the relay's lag behind the engine is judged by it
         with self._lock:
-            self._attributor.first_token(request_id, prompt_tokens)
+            self._attributor.first_token(request_id, prompt_tokens, now_s)
 
     def output_tokens(self, request_id: str, count: int) -> None:
         """More output tokens of the request arrived."""
+        now_s = self._clock()
         with self._lock:
-            self._attributor.output_tokens(request_id, count)
+            self._attributor.output_tokens(request_id, count, now_s)
 
     def request_ended(
         self, request_id: str, time_s: float, *, prompt_tokens: int = 0, output_tokens: int = 0

@@ -448,9 +448,7 @@ def test_gpu_idle_and_other_energy_are_observed_from_the_meters() -> None:
         SimpleNamespace(gpu_id=1, energy_j=900.0, power_w=280.5),
     ]
     upstreams = [
-        make_upstream(
-            "h100", meter=FakeMeter(idle_energy_j=55.0, gpus=gpus, other_energy_j=21.5)
-        ),
+        make_upstream("h100", meter=FakeMeter(idle_energy_j=55.0, gpus=gpus, other_energy_j=21.5)),
         make_upstream("broken", meter=FakeMeter(gpus=gpus, broken=True)),
         make_upstream("hosted", meter=FakeMeter()),
     ]

@@ -432,19 +432,18 @@ class Attributor:
         return split
 
     def _lagged_arrivals(self, weights: dict[str, float]) -> dict[str, float]:
-        """The first arrivals after the last tick closed, in their order, up to the weight the
-        last ticks left unclaimed: those are the tokens the engine had already counted."""
+        """The first arrivals after the last tick closed, in their order, up to the weight that
+        tick left unclaimed: the tokens the engine had already counted.
+
+        Only when those arrivals cover all of it: unclaimed work beyond them is someone
+        else's (another replica's requests, bypass traffic), and taking it in part would hand
+        their work to whichever request of ours happened to arrive first.
+        """
         newest = self._grace[-1] if self._grace else None
-        if newest is None or any(
-            not r.visible_ever
-            and not r.totals.settled
-            and r.totals.start_s < newest.end_s
-            and r.totals.request_id not in weights  # its first tokens are here: not waiting
-            for r in self._requests.values()
-        ):
-            return {}  # nothing unclaimed, or kept for a request whose tokens show at its end
-        available_w = newest.weight
+        if newest is None or newest.weight <= 0.0 or self._waiting_on(newest, weights):
+            return {}
         early: dict[str, float] = {}
+        available_w = newest.weight
         for request_id, weight in self._arrivals:
             if available_w <= 0.0:
                 break
@@ -453,7 +452,19 @@ class Attributor:
             if take > 0.0:
                 early[request_id] = early.get(request_id, 0.0) + take
                 available_w -= take
+        if available_w > 1e-9 * newest.weight:
+            return {}
         return early
+
+    def _waiting_on(self, held: _Held, weights: dict[str, float]) -> bool:
+        """Whether a request whose tokens may show only at its end was in flight then."""
+        return any(
+            not r.visible_ever
+            and not r.totals.settled
+            and r.totals.start_s < held.end_s
+            and r.totals.request_id not in weights  # its first tokens are here: not waiting
+            for r in self._requests.values()
+        )
 
     def _claim_grace(
         self, wanted: dict[str, float], *, newest_only: bool = False
@@ -470,6 +481,8 @@ class Attributor:
                 break
             if newest_only and held is not self._grace[-1]:
                 break
+            if self._waiting_on(held, wanted):
+                continue  # kept for a request whose tokens show at its end
             if held.weight <= 0.0:
                 continue
             fraction = min(1.0, remaining_w / held.weight)

@@ -90,6 +90,12 @@ class EngineSim:
         with self._lock:
             self._requests[request_id].end_s = self.clock()
 
+    @property
+    def impulse_j(self) -> float:
+        """Every token's energy so far (the counter less its idle power)."""
+        with self._lock:
+            return self._impulse_j
+
     # -- what the server publishes --------------------------------------------------------
 
     def energy_j(self, at_s: float | None = None) -> float:

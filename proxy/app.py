@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from meters import Hardware, SiteFactors
 from meters.calibration import Calibrations
@@ -31,13 +32,16 @@ from meters.meter import build_meter
 from proxy.auth import Authenticator
 from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
-from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.idle import IdleRecorder
 from proxy.ledger import open_ledger
+from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import Relay
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
+from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
+from proxy.routes.footprint_views import views_router
 from proxy.services import Services
 from proxy.upstreams import Upstream, UpstreamRouter, build_client
 
@@ -53,18 +57,26 @@ def build_upstream(
     nvml: ModuleType | None = None,
     meter_transport: httpx.BaseTransport | None = None,
 ) -> Upstream:
+    metering = settings.metering
+    server_w_per_gpu = upstream.hardware.server_w_per_gpu
+    if server_w_per_gpu is None:
+        server_w_per_gpu = metering.server_power_w_per_gpu
     hardware = Hardware(
         accelerator=upstream.hardware.accelerator,
-        gpus=upstream.hardware.gpus,
+        # Measured figures occupy the metered GPUs (their server share is counted over them), so
+        # embodied carbon counts those; the estimator says its own count per measurement.
+        gpus=len(upstream.meter.gpus)
+        if upstream.meter.kind != "estimate"
+        else upstream.hardware.gpus,
         active_params_b=upstream.hardware.active_params_b,
         total_params_b=upstream.hardware.total_params_b,
     )
-    metering = settings.metering
     estimator = Estimator(
         hardware,
         batch_size=metering.batch_size,
-        server_power_w_per_gpu=metering.server_power_w_per_gpu,
+        server_power_w_per_gpu=server_w_per_gpu,
         calibrations=calibrations,
+        accelerator_memory_gb=upstream.hardware.memory_gb(),
     )
 
     def observe(model: str, prompt_tokens: int, output_tokens: int, gpu_energy_j: float) -> None:
@@ -93,7 +105,7 @@ def build_upstream(
         url=upstream.meter.url,
         tick_s=metering.tick_s,
         alpha=metering.alpha,
-        server_power_w_per_gpu=metering.server_power_w_per_gpu,
+        server_power_w_per_gpu=server_w_per_gpu,
         fallback=estimator.estimate,
         observe=observe,
         nvml=nvml,
@@ -244,6 +256,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(admin_router)
     app.include_router(footprint_router)
+    app.include_router(views_router)
+    app.include_router(dashboard_router)
     if telemetry is not False:
         from proxy.telemetry import metrics_router
 
@@ -260,6 +274,20 @@ def _no_native_telemetry() -> dict[str, Any]:
         return {}
     off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     return {"telemetry": {**off, "auto_configure": False}}
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves on the request's path (each asked of the router, as
+    included routers keep their routes to themselves)."""
+    methods = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        scope = {**request.scope, "method": method}
+        if any(
+            isinstance(route, BaseRoute) and route.matches(scope)[0] == Match.FULL
+            for route in app.router.routes
+        ):
+            methods.append(method)
+    return methods
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -285,9 +313,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = ProxyError(str(exc.detail))
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error"
-        return error.to_response(exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only.
+            headers["allow"] = ", ".join(_allowed_methods(app, request))
+            headers.pop("Allow", None)
+        return error.to_response(headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
+        if ledger_unavailable(exc):
+            log.error("ledger unavailable on %s %s: %r", request.method, request.url.path, exc)
+            return ServiceUnavailable("the ledger is unavailable right now").to_response()
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return ProxyError("internal error in the proxy").to_response()
 

@@ -17,7 +17,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from meters.constants import (
+    DEFAULT_ACCELERATOR,
+    DEFAULT_PUE,
+    DEFAULT_SERVER_POWER_W_PER_GPU,
+    DEFAULT_WUE_L_PER_KWH,
+    UnknownAccelerator,
+    accelerator,
+)
+from meters.intensity import IntensityTable, UnknownZone
 
 ENV_PREFIX = "FOOTPRINT_"
 
@@ -45,6 +63,10 @@ class ServerSettings(_Section):
     auth: Literal["keys", "none"] = "keys"
     admin_key_env: str = "FOOTPRINT_ADMIN_KEY"
     max_body_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+    # The request line and headers together; over it: 431, connection closed.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    # From the end of the headers to the end of the body; over it: 408, connection closed.
+    body_read_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     footprint_in_body: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -56,6 +78,15 @@ class LedgerSettings(_Section):
     # batch_max_rows big or batch_max_delay_ms old.
     batch_max_rows: Annotated[int, Field(gt=0)] = 256
     batch_max_delay_ms: Annotated[float, Field(ge=0)] = 2.0
+    # PostgreSQL connections per replica: pool_size kept open (the row writer holds one of
+    # them), pool_max_overflow more under a burst. 4 + 2: three replicas take at most 18 of a
+    # default server's 100. A request that finds none free within pool_timeout_s is a 503.
+    pool_size: Annotated[int, Field(ge=1, le=100)] = 4
+    pool_max_overflow: Annotated[int, Field(ge=0, le=100)] = 2
+    pool_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # PostgreSQL unreachable at start: retry this long (one log line each time), then exit.
+    connect_retry_s: Annotated[float, Field(ge=0)] = 30.0
 
     @field_validator("url")
     @classmethod
@@ -73,6 +104,9 @@ class BudgetSettings(_Section):
     on_store_error: Literal["refuse", "allow"] = "allow"
     default_max_tokens: Annotated[int, Field(gt=0)] = 1024
     reservation_ttl_s: Annotated[float, Field(gt=0)] = 600.0
+    # Socket timeout of every Redis call (connect and reply). After a failure Redis is not
+    # asked again for a second, so a Redis that never answers costs one timeout per second.
+    redis_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
 
     @field_validator("redis_url")
     @classmethod
@@ -115,9 +149,9 @@ class MeteringSettings(_Section):
     # Cost of a prompt token against an output token (methodology §2); an assumption until
     # measured on a GPU.
     alpha: Annotated[float, Field(ge=0)] = 0.1
-    # Non-GPU server power per GPU while serving: 1.2 kW per 8-GPU server (EcoLogits, from
-    # BoaviztAPI for AWS p5.48xlarge), methodology §4.
-    server_power_w_per_gpu: Annotated[float, Field(ge=0)] = 150.0
+    # Non-GPU server power per GPU while serving, for upstreams that do not set their own
+    # ([upstreams.hardware] server_w_per_gpu). Default and source: meters.constants.
+    server_power_w_per_gpu: Annotated[float, Field(ge=0)] = DEFAULT_SERVER_POWER_W_PER_GPU
     batch_size: Annotated[int, Field(gt=0)] = 64
     idle: Literal["report", "spread"] = "report"
 
@@ -141,10 +175,32 @@ class MeterSettings(_Section):
 
 
 class HardwareSettings(_Section):
-    accelerator: str = "H100-SXM"
+    # Memory per accelerator for the estimator's GPU count; unset: the accelerator's datasheet
+    # figure (meters.constants.ACCELERATORS). Needed for an accelerator the table lacks.
+    accelerator_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    accelerator: str = DEFAULT_ACCELERATOR
     gpus: Annotated[int, Field(gt=0)] = 1
     active_params_b: Annotated[float, Field(gt=0)] | None = None
     total_params_b: Annotated[float, Field(gt=0)] | None = None
+    # This host's non-GPU server power per GPU (CPU, memory, fans) while serving; unset: the
+    # [metering] default, 150 W (EcoLogits / BoaviztAPI, meters.constants).
+    server_w_per_gpu: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("accelerator_memory_gb") is None:
+            try:
+                accelerator(value)
+            except UnknownAccelerator as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    def memory_gb(self) -> float:
+        """The accelerator's memory: the configured figure, else its datasheet's."""
+        if self.accelerator_memory_gb is not None:
+            return self.accelerator_memory_gb
+        return accelerator(self.accelerator).memory_gb
 
 
 class UpstreamSettings(_Section):
@@ -153,16 +209,26 @@ class UpstreamSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["*"])
     api_key_env: str = ""
     zone: str = "WORLD"
-    pue: Annotated[float, Field(ge=1.0)] = 1.2
-    # On-site cooling water, L/kWh. Default: EcoLogits' value for OpenAI/Azure
-    # (ecologits/tracers/utils.py), methodology §6.
-    wue_l_per_kwh: Annotated[float, Field(ge=0)] = 0.569
+    # Defaults and their sources: meters.constants (EcoLogits' OpenAI/Azure figures).
+    pue: Annotated[float, Field(ge=1.0)] = DEFAULT_PUE
+    wue_l_per_kwh: Annotated[float, Field(ge=0)] = DEFAULT_WUE_L_PER_KWH
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_connections: Annotated[int, Field(gt=0)] = 256
-    # Where the upstream's own tokenizer answers (llama.cpp server: /extras/tokenize), used to
-    # count prompt tokens when the upstream streams no usage.
+    # How long an idle upstream connection is kept for reuse. Below the upstream's own
+    # keep-alive (uvicorn, so vLLM and llama.cpp's Python servers: 5 s; Node: 5 s), or the
+    # upstream closes a connection just as a request is sent on it, and that request fails
+    # with a 502 (ReadError). 0: a new connection per request.
+    keepalive_expiry_s: Annotated[float, Field(ge=0)] = 4.0
+    # The most bytes an upstream's whole answer, or one event of its stream, may have; over
+    # it the request is a 502 (a stream: cut with an error event).
+    max_response_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    # Where the upstream's own tokenizer answers, used to count prompt tokens when the upstream
+    # streams no usage: vLLM's http://host:8000/tokenize, llama.cpp's server /tokenize,
+    # llama-cpp-python's /extras/tokenize. `tokenize_format` names the request shape; `auto`
+    # tells llama-cpp-python's by its path and tries vLLM's, then llama.cpp's, for the rest.
     tokenize_url: str = ""
+    tokenize_format: Literal["auto", "vllm", "llama.cpp", "llama-cpp-python"] = "auto"
     # Send the request id on as `x-request-id`. llama-cpp-python's server answers 400 to any
     # x-request-id that is not a UUID, so turn this off in front of it.
     forward_request_id: bool = True
@@ -182,7 +248,32 @@ class UpstreamSettings(_Section):
     @field_validator("zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        return value.strip().upper() or "WORLD"
+        # A zone without figures would let requests through that can be neither metered nor
+        # recorded: refuse it at start, with the zones the user may have meant.
+        zone = value.strip().upper() or "WORLD"
+        try:
+            IntensityTable.shipped().row(zone)
+        except UnknownZone as exc:
+            raise ValueError(str(exc)) from None
+        return zone
+
+    @model_validator(mode="after")
+    def _metered_gpus_are_the_hardware(self) -> UpstreamSettings:
+        # Measured energy comes from meter.gpus; embodied carbon and the estimator fallback
+        # scale by hardware.gpus. If they disagree the figures do (8 GPUs metered, 1 embodied).
+        if self.meter.kind == "estimate":
+            return self
+        gpus = self.meter.gpus
+        repeated = sorted({g for g in gpus if gpus.count(g) > 1})
+        if repeated:
+            raise ValueError(f"meter.gpus lists GPU {repeated[0]} more than once: {gpus}")
+        if len(gpus) != self.hardware.gpus:
+            raise ValueError(
+                f"hardware.gpus = {self.hardware.gpus} but meter.gpus = {gpus} meters "
+                f"{len(gpus)} GPU(s): set hardware.gpus = {len(gpus)} or list the GPUs the "
+                "model runs on in meter.gpus"
+            )
+        return self
 
 
 class Settings(_Section):
@@ -216,7 +307,21 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             continue  # FOOTPRINT_ADMIN_KEY and other secrets are not settings
         path = name[len(ENV_PREFIX) :].lower().split("__")
         node: Any = data
-        for i, part in enumerate(path[:-1]):
+        for i, part in enumerate(path):
+            # A path through a value ("SERVER__PORT__X") or a list by name is the user's slip:
+            # one line naming the variable, not a TypeError from deep in here.
+            if not isinstance(node, dict | list) or (isinstance(node, list) and not part.isdigit()):
+                where = ".".join(path[:i]) or "(top level)"
+                raise ConfigError(
+                    f"configuration error: {name}: {where} is "
+                    + (
+                        "a list: the next part must be a number"
+                        if isinstance(node, list)
+                        else "a value, not a table"
+                    )
+                )
+            if i == len(path) - 1:
+                break
             nxt_is_index = path[i + 1].isdigit()
             if isinstance(node, list):
                 index = int(part)
@@ -241,6 +346,8 @@ def _describe(error: ValidationError) -> str:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    elif first["type"] == "value_error":
+        message = str(first.get("ctx", {}).get("error", message))  # without "Value error, "
     return f"configuration error: {key}: {message}"
 
 

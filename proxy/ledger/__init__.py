@@ -6,17 +6,30 @@ holds teams, keys and budgets in the same database.
 
 from proxy.ledger._accounts import ACCOUNT_FIELDS, AccountRow
 from proxy.ledger._engine import LedgerConfigError
+from proxy.ledger._health import LedgerUnreachable, check_reachable, unavailable
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
-from proxy.ledger._records import METRICS, PERIODS, Endpoint, LedgerRecord, as_utc, iso
+from proxy.ledger._records import (
+    METRICS,
+    PERIODS,
+    Endpoint,
+    LedgerRecord,
+    as_utc,
+    figure_columns,
+    iso,
+)
+from proxy.ledger._series import BUCKETS, ORDER_FIELDS, SERIES_KEYS
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
 from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
     "ACCOUNT_FIELDS",
+    "BUCKETS",
     "GROUP_KEYS",
     "METRICS",
+    "ORDER_FIELDS",
     "PERIODS",
+    "SERIES_KEYS",
     "SUM_FIELDS",
     "AccountRow",
     "AlreadyExists",
@@ -25,10 +38,14 @@ __all__ = [
     "Ledger",
     "LedgerConfigError",
     "LedgerRecord",
+    "LedgerUnreachable",
     "LedgerWriteError",
     "Store",
     "UnknownTeam",
     "as_utc",
+    "check_reachable",
+    "figure_columns",
     "iso",
     "open_ledger",
+    "unavailable",
 ]

@@ -29,6 +29,7 @@ class Asked:
     client_wants_usage: bool
     prompt_text: str
     max_tokens: int
+    choices: int = 1  # completions generated (n, or best_of where larger)
 
 
 @dataclass(slots=True)
@@ -57,7 +58,10 @@ class Call:
 
     __slots__ = (
         "asked",
+        "claimed",
+        "client_id",
         "key_id",
+        "meter_closed",
         "model",
         "received_at",
         "request_id",
@@ -87,6 +91,9 @@ class Call:
         self.trace_id: str | None = None  # written by telemetry's `begin`
         self.telemetry: RequestTelemetry | None = None
         self.settled = False  # the budget reservation has been settled
+        self.client_id = False  # the request id is the client's own x-request-id
+        self.claimed = False  # that id is claimed as in flight (see Budgets.claim)
+        self.meter_closed = False
 
     def need(self) -> Asked:
         """`asked`, for the steps that run only after routing."""

@@ -3,6 +3,7 @@ entry, routed, its worst case reserved, then relayed whole or streamed."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -14,18 +15,26 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meters import MeterError
+from meters import MeterError, RequestTrack
 from proxy.budgets import Usage
-from proxy.errors import ModelNotFound, PermissionDenied, ProxyError
+from proxy.errors import DuplicateRequestId, ModelNotFound, PermissionDenied, ProxyError
 from proxy.relay import checks, send
 from proxy.relay.call import Asked, Call
 from proxy.relay.endpoints import ENDPOINTS
 from proxy.relay.finish import Finisher
 from proxy.relay.intake import read_json
+from proxy.relay.stored import ResponseOwners, StoredResponses
 from proxy.relay.stream import relay_stream
 from proxy.relay.whole import relay_whole
 from proxy.services import Services
 from proxy.tokens import approx_tokens
+from proxy.upstreams import Upstream
+
+log = logging.getLogger("footprint.relay")
+
+
+def _new_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
 
 
 class Relay:
@@ -34,58 +43,97 @@ class Relay:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
-        self.finisher = Finisher(services)
+        self.owners = ResponseOwners()
+        self.finisher = Finisher(services, self.owners)
+        self.stored = StoredResponses(services, self.owners)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
-        """Relay one request to `endpoint` (a key of `ENDPOINTS`); every outcome is an answer."""
+        """Relay one request to `endpoint` (a key of `ENDPOINTS`); every outcome is an answer,
+        and every answer carries the request's id."""
+        own_id = request.headers.get("x-request-id")
         call = Call(
-            request_id=request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}",
+            request_id=own_id if own_id and checks.valid_request_id(own_id) else _new_id(),
             spec=ENDPOINTS[endpoint],
             started=time.perf_counter(),
             received_at=datetime.now(UTC),
         )
+        call.client_id = call.request_id == own_id
         telemetry = self.services.telemetry
         if telemetry is not None:
             call.telemetry = telemetry.begin(request.headers, call)
         try:
+            if own_id and not call.client_id:
+                checks.check_request_id(own_id)  # raises: say why the id was refused
             return await self._handle(request, call)
         except ProxyError as error:
-            call.tally.status = error.status_code
-            call.tally.error = error.code or error.error_type
-            if telemetry is not None and call.telemetry is not None:
-                telemetry.fail(call.telemetry, call, error)
-            return error.to_response({"x-request-id": call.request_id})
+            return self._refusal(call, error)
+        except Exception:
+            log.exception("request %s: unexpected error", call.request_id)
+            return self._refusal(call, ProxyError("internal error in the proxy"))
+
+    def _refusal(self, call: Call, error: ProxyError) -> Response:
+        call.tally.status = error.status_code
+        call.tally.error = error.code or error.error_type
+        telemetry = self.services.telemetry
+        if telemetry is not None and call.telemetry is not None:
+            telemetry.fail(call.telemetry, call, error)
+        return call.spec.errors.response(error, {"x-request-id": call.request_id})
 
     async def _handle(self, request: Request, call: Call) -> Response:
-        raw, body = await self._admit(request, call)
+        body = await self._admit(request, call)
         asked = call.need()
-        reservation = await self.services.budgets.reserve(
-            call.team, await self._worst_case(call), call.request_id
-        )
+        budgets = self.services.budgets
         try:
-            if asked.stream:
-                raw = orjson.dumps(body)  # the body as prepared for streaming
-            upstream_request = self._upstream_request(request, call, raw)
+            if call.client_id:
+                await self._claim(call)
+            reservation = await budgets.reserve(
+                call.team, await self._worst_case(call), call.request_id
+            )
+        except BaseException:
+            await self.finisher.unclaim(call)
+            raise
+        track: RequestTrack | None = None
+        try:
+            # What was checked is what is sent: the parsed body, serialized again (a body
+            # with a key twice was checked by its last value; its raw bytes could say
+            # otherwise to an upstream that reads the first).
+            upstream_request = self._upstream_request(request, call, orjson.dumps(body))
             track = asked.upstream.meter.open(call.request_id, asked.model)
             relay = relay_stream if asked.stream else relay_whole
             return await relay(self.finisher, call, track, upstream_request, reservation)
         except BaseException:
+            if track is not None:
+                await self.finisher.abandon(call, track)
             if not call.settled:
-                await self.services.budgets.release(reservation)
+                await budgets.release(reservation)
+            await self.finisher.unclaim(call)
             raise
 
-    async def _admit(self, request: Request, call: Call) -> tuple[bytes, dict[str, Any]]:
+    async def _claim(self, call: Call) -> None:
+        """The client's own request id, unique: not in flight on any replica, not recorded."""
+        duplicate = DuplicateRequestId(
+            f"a request with x-request-id {call.request_id!r} is in flight or already "
+            "recorded; send a new id",
+            param="x-request-id",
+        )
+        if not await self.services.budgets.claim(call.request_id, call.team):
+            raise duplicate
+        call.claimed = True
+        if await self.services.ledger.has_request(call.request_id):
+            raise duplicate
+
+    async def _admit(self, request: Request, call: Call) -> dict[str, Any]:
         """Authenticate, read, check, route: `call.asked` is set, or an error is raised."""
         services, spec = self.services, call.spec
-        principal = await services.auth.authenticate(request.headers.get("authorization"))
+        principal = await services.auth.authenticate(spec.credential(request.headers))
         call.team, call.key_id = principal.team, principal.key_id
-        raw, body = await read_json(request, self.settings.server.max_body_bytes)
+        _raw, body = await read_json(request, self.settings.server.max_body_bytes)
         model = checks.require_model(body)
         spec.check(body)
         call.model = model
         if not principal.may_use(model):
             raise PermissionDenied(f"this key may not use model {model!r}", param="model")
-        upstream = services.router.route(model)
+        upstream = self._route(model, body, call.team)
         if upstream is None:
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         stream = spec.streams and body.get("stream") is True
@@ -99,12 +147,25 @@ class Relay:
             max_tokens=checks.max_tokens(body, default_cap, *spec.cap_fields)
             if spec.generates
             else 0,
+            choices=checks.choices(body),
         )
-        return raw, body
+        return body
+
+    def _route(self, model: str, body: dict[str, Any], team: str) -> Upstream | None:
+        """The upstream for `model`; for a response that continues another, the upstream
+        that holds the earlier one, if it serves the model."""
+        previous = body.get("previous_response_id")
+        if isinstance(previous, str):
+            holder = self.stored.upstream_of(previous, team)
+            if holder is not None and (
+                holder.serves_exactly(model) or holder.serves_by_pattern(model)
+            ):
+                return holder
+        return self.services.router.route(model)
 
     def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
         asked = call.need()
-        headers = send.upstream_headers(request.headers, asked.upstream, call.request_id)
+        headers = send.upstream_headers(request.headers, call.spec, asked.upstream, call.request_id)
         telemetry = self.services.telemetry
         if telemetry is not None and call.telemetry is not None:
             telemetry.inject(call.telemetry, headers)
@@ -114,10 +175,12 @@ class Relay:
         """What the request could cost at most, for the budget reservation."""
         asked = call.need()
         prompt_tokens = approx_tokens(asked.prompt_text)
-        tokens = prompt_tokens + asked.max_tokens
+        # Every choice (n, best_of) may run to the cap.
+        output_tokens = asked.max_tokens * asked.choices
+        tokens = prompt_tokens + output_tokens
         try:
             measurement = asked.upstream.estimator.estimate(
-                asked.model, prompt_tokens, asked.max_tokens, math.inf
+                asked.model, prompt_tokens, output_tokens, math.inf
             )
         except MeterError:
             # A model of unknown size: only token and request budgets can be held for it.

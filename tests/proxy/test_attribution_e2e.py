@@ -211,9 +211,12 @@ def test_non_streaming_requests_at_20_and_100_tokens_per_second_beside_streams(
 
 
 def test_a_short_request_on_an_idle_gpu(bench: Bench) -> None:
-    (short,) = _ids("short", 1)
-    asyncio.run(_quiet(bench, 1.0))
-    assert_true_to_truth(run(bench, [Ask(short, 0, tokens=20, rate=100.0)]))
+    # Five times, each 0.2 s request alone after the GPU idled: the median is over five.
+    ratios: dict[str, float] = {}
+    for index, rid in enumerate(_ids("short", 5)):
+        asyncio.run(_quiet(bench, 0.7))
+        ratios.update(run(bench, [Ask(rid, index % 2, tokens=20, rate=100.0)]))
+    assert_true_to_truth(ratios)
 
 
 def test_the_cluster_counts_the_gpu_once(bench: Bench) -> None:

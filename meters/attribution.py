@@ -37,6 +37,7 @@ from meters.split import (
     tick_weights,
     window_claim,
 )
+from meters.unclaimed import Held, Taken, lagged_arrivals, take_back
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -99,19 +100,6 @@ class _InFlight:
         return self.first_visible_s is not None
 
 
-@dataclass(slots=True)
-class _Held:
-    """Engine work of one tick that no visible request claimed, kept while a request whose
-    tokens may show only at its end was in flight."""
-
-    start_s: float
-    end_s: float
-    weight: float
-    energy_j: float
-    hardware_s: float
-    waiting: bool = True  # a request whose tokens may show at its end was in flight
-
-
 class Attributor:
     """Per-upstream state: requests in flight, closed ticks, the idle and other accounts.
 
@@ -132,8 +120,8 @@ class Attributor:
         self._engine_weight: float | None = None  # cumulative engine weight at the last tick
         self._quiet = True  # nothing ran at the last tick's end (the engine or ours)
         self._idle_power_w: float | None = None
-        self._held: deque[_Held] = deque()
-        self._grace: deque[_Held] = deque()  # the last ticks' unclaimed work (relay lag)
+        self._held: deque[Held] = deque()
+        self._grace: deque[Held] = deque()  # the last ticks' unclaimed work (relay lag)
         # (request id, weight) of the events that came just after the last tick closed
         self._arrivals: list[tuple[str, float]] = []
         self.idle_energy_j = 0.0
@@ -426,37 +414,19 @@ class Attributor:
                 self._mark_visible(request, output, t0)
         waiting = any(not e[0].visible_ever and not e[0].totals.settled for e in entries)
         unclaimed_w = max(engine_w - local_w, 0.0)
-        self._grace.append(_Held(t0, t1, unclaimed_w, split.other_j, split.other_s, waiting))
+        self._grace.append(Held(t0, t1, unclaimed_w, split.other_j, split.other_s, waiting))
         while len(self._grace) > GRACE_TICKS:
             self._unclaimed(self._grace.popleft())
         return split
 
     def _lagged_arrivals(self, weights: dict[str, float]) -> dict[str, float]:
-        """The first arrivals after the last tick closed, in their order, up to the weight that
-        tick left unclaimed: the tokens the engine had already counted.
-
-        Only when those arrivals cover all of it: unclaimed work beyond them is someone
-        else's (another replica's requests, bypass traffic), and taking it in part would hand
-        their work to whichever request of ours happened to arrive first.
-        """
+        """Lagged tokens of this tick that take back the last tick's unclaimed work."""
         newest = self._grace[-1] if self._grace else None
-        if newest is None or newest.weight <= 0.0 or self._waiting_on(newest, weights):
+        if newest is None or self._waiting_on(newest, weights):
             return {}
-        early: dict[str, float] = {}
-        available_w = newest.weight
-        for request_id, weight in self._arrivals:
-            if available_w <= 0.0:
-                break
-            room = weights.get(request_id, 0.0) - early.get(request_id, 0.0)
-            take = min(weight, available_w, room)
-            if take > 0.0:
-                early[request_id] = early.get(request_id, 0.0) + take
-                available_w -= take
-        if available_w > 1e-9 * newest.weight:
-            return {}
-        return early
+        return lagged_arrivals(self._arrivals, newest.weight, weights)
 
-    def _waiting_on(self, held: _Held, weights: dict[str, float]) -> bool:
+    def _waiting_on(self, held: Held, weights: dict[str, float]) -> bool:
         """Whether a request whose tokens may show only at its end was in flight then."""
         return any(
             not r.visible_ever
@@ -466,42 +436,17 @@ class Attributor:
             for r in self._requests.values()
         )
 
-    def _claim_grace(
-        self, wanted: dict[str, float], *, newest_only: bool = False
-    ) -> dict[str, tuple[float, float, float]]:
-        """Take up to Σ `wanted` weight of the last ticks' unclaimed work, newest first.
+    def _claim_grace(self, wanted: dict[str, float], *, newest_only: bool = False) -> Taken:
+        """Take back up to Σ `wanted` weight of the last ticks' unclaimed work, newest first,
+        never what a request whose tokens show at its end waits on."""
+        return take_back(
+            self._grace,
+            wanted,
+            skip=lambda held: self._waiting_on(held, wanted),
+            newest_only=newest_only,
+        )
 
-        Returns per request (energy J, hardware s, weight) in proportion to what it wanted.
-        """
-        total_w = sum(wanted.values())
-        remaining_w = total_w
-        claimed_j = claimed_s = claimed_w = 0.0
-        for held in reversed(self._grace):
-            if remaining_w <= 0.0:
-                break
-            if newest_only and held is not self._grace[-1]:
-                break
-            if self._waiting_on(held, wanted):
-                continue  # kept for a request whose tokens show at its end
-            if held.weight <= 0.0:
-                continue
-            fraction = min(1.0, remaining_w / held.weight)
-            taken_w = held.weight * fraction
-            remaining_w -= taken_w
-            claimed_w += taken_w
-            claimed_j += held.energy_j * fraction
-            claimed_s += held.hardware_s * fraction
-            held.energy_j -= held.energy_j * fraction
-            held.hardware_s -= held.hardware_s * fraction
-            held.weight -= taken_w
-        if total_w <= 0.0 or claimed_w <= 0.0:
-            return {}
-        return {
-            rid: (claimed_j * w / total_w, claimed_s * w / total_w, claimed_w * w / total_w)
-            for rid, w in wanted.items()
-        }
-
-    def _unclaimed(self, held: _Held) -> None:
+    def _unclaimed(self, held: Held) -> None:
         """Unclaimed work past its grace: kept for a request that may claim it at its end,
         else other traffic."""
         if held.waiting and held.energy_j > 0.0:

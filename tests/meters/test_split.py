@@ -106,3 +106,26 @@ def test_a_window_claim_is_a_fraction_between_nothing_and_all(
     total = math.fsum(unclaimed)
     if total > 0 and claim > 0:
         assert fraction * total == pytest.approx(min(claim, total), rel=1e-9)
+
+
+def test_lagged_arrivals_take_back_a_tick_only_when_they_cover_all_of_its_unclaimed_work() -> None:
+    from meters.unclaimed import lagged_arrivals
+
+    weights = {"a": 3.0, "b": 1.0}
+    # The first arrivals after the read, in order: b's 1, then a's 3; 2 units were unclaimed.
+    assert lagged_arrivals([("b", 1.0), ("a", 3.0)], 2.0, weights) == {"b": 1.0, "a": 1.0}
+    # 5 units unclaimed and only 4 arrived: the rest is someone else's, so none is taken.
+    assert lagged_arrivals([("b", 1.0), ("a", 3.0)], 5.0, weights) == {}
+
+
+def test_take_back_shrinks_the_newest_unclaimed_work_first_and_skips_what_is_kept() -> None:
+    from meters.unclaimed import Held, take_back
+
+    old, kept, new = (
+        Held(0, 1, 2.0, 20.0, 0.2),
+        Held(1, 2, 2.0, 20.0, 0.2),
+        Held(2, 3, 1.0, 5.0, 0.1),
+    )
+    taken = take_back([old, kept, new], {"a": 2.0}, skip=lambda h: h is kept)
+    assert taken["a"] == pytest.approx((5.0 + 10.0, 0.1 + 0.1, 2.0))
+    assert (new.weight, kept.weight, old.weight) == (0.0, 2.0, pytest.approx(1.0))

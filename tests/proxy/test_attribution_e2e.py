@@ -17,7 +17,9 @@ import json
 import secrets
 import statistics
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -64,11 +66,14 @@ async def _schema(statement: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+@contextmanager
+def _bench(workdir: Path, replicas: int, counter_step_s: float = 0.0) -> Iterator[Bench]:
     schema = "t_" + secrets.token_hex(6)
     asyncio.run(_schema(f"CREATE SCHEMA {schema}"))
-    sim = SimGpu(EngineSim(idle_w=100.0, j_per_token=1.0, j_per_prompt_token=0.1))
+    engine = EngineSim(
+        idle_w=100.0, j_per_token=1.0, j_per_prompt_token=0.1, counter_step_s=counter_step_s
+    )
+    sim = SimGpu(engine)
     gpu = ServerThread(sim.app).__enter__()
     # A quarter-second tick: on this shared 2-core machine the relay's lag behind the engine's
     # counters reaches tens of milliseconds, and what it misplaces at a tick's edge is a smaller
@@ -83,16 +88,22 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         "gpus": [0],
         # activity = "auto" and activity_url unset: the upstream's origin + /metrics
     }
-    replicas: list[ProxyProcess] = []
-    state = Bench(sim, gpu, replicas, schema)
+    running: list[ProxyProcess] = []
+    state = Bench(sim, gpu, running, schema)
     try:
-        replicas += start_replicas(2, config, tmp_path_factory.mktemp("attribution"))
+        running += start_replicas(replicas, config, workdir)
         yield state
     finally:
-        for replica in replicas:
+        for replica in running:
             replica.stop()
         gpu.__exit__(None, None, None)
         asyncio.run(_schema(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    with _bench(tmp_path_factory.mktemp("attribution"), replicas=2) as state:
+        yield state
 
 
 def _footprint_of(body: bytes, stream: bool) -> dict[str, Any]:

@@ -92,6 +92,9 @@ def _bench(workdir: Path, replicas: int, counter_step_s: float = 0.0) -> Iterato
     state = Bench(sim, gpu, running, schema)
     try:
         running += start_replicas(replicas, config, workdir)
+        # Let every replica read the idle GPU a while (its engine counters, its idle power)
+        # before traffic, as any replica does after its first seconds up.
+        asyncio.run(_quiet(state, 1.5))
         yield state
     finally:
         for replica in running:

@@ -15,9 +15,11 @@ What must be one for the whole machine is, or the start is refused (`refusal`):
   second cross-process store, `--workers > 1` then refuses to start and says which key.
 - revocation: the ledger is shared by every worker (a PostgreSQL database, or one SQLite
   file whose revocation epoch file every process stats before trusting its key cache).
-- meters: a measured meter (`nvml`, `prometheus`) read by N workers would attribute the
-  GPU's energy N times over (each worker sees only its own requests in flight); that is
-  refused. The estimate meter is per request and exact in any worker.
+- meters: a measured meter (`nvml`, `prometheus`) read by N workers splits the GPU's energy
+  right only over the model server's own token counters (`[upstreams.meter] activity =
+  "engine"`, whose other-traffic and idle accounts count once per cluster); with "local"
+  or "auto" (which may fall back to local) each worker would give its own requests the
+  whole GPU, so that is refused. The estimate meter is per request and exact in any worker.
 - `/metrics`: every worker answers its own metrics on a Unix socket in a private folder;
   the worker that gets `GET /metrics` sums them (see `proxy/telemetry/merge.py`).
 """
@@ -59,11 +61,12 @@ def refusal(settings: Settings, workers: int) -> str | None:
             "store that every worker shares (set budgets.redis_url, or run one worker)"
         )
     for upstream in settings.upstreams:
-        if upstream.meter.kind != "estimate":
+        meter = upstream.meter
+        if meter.kind != "estimate" and meter.activity != "engine":
             return (
-                f"--workers {workers} cannot share upstream {upstream.name!r}'s measured "
-                f"meter (kind {upstream.meter.kind!r}: each worker would attribute the whole "
-                "GPU to its own requests); run one worker per measured GPU node"
+                f"--workers {workers} with upstream {upstream.name!r}'s measured meter needs "
+                f'[upstreams.meter] activity = "engine" (it is {meter.activity!r}: each worker '
+                "would split the GPU over its own requests only); set it, or run one worker"
             )
     return None
 

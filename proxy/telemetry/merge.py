@@ -3,8 +3,9 @@
 Each worker answers its own Prometheus text on a Unix socket of its own (`serve_metrics`);
 the worker that gets `GET /metrics` reads the others' (`fetch`) and adds them to its own
 (`merge`). Counters, histograms and summaries are sums over workers (every request is
-counted by the one worker that served it); gauges and info (`target_info`) are the same
-reading in every worker, so they are taken once (the largest), not summed.
+counted by the one worker that served it); gauges and info (`target_info`), and the GPU's
+own `hw.*` readings (every worker reads the same GPU counters), are the same reading in
+every worker, so they are taken once (the largest), not summed.
 
 prometheus_client's multiprocess mode would not do: the OpenTelemetry Prometheus exporter
 is a custom collector, and multiprocess mode only sees prometheus_client's own metric types.
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 log = logging.getLogger("footprint.metrics")
 
 _SUMMED = {"counter", "histogram", "summary", "gaugehistogram"}
+_MACHINE_WIDE = ("hw_",)  # semantic-convention hardware metrics: one GPU, read by each
 _FETCH_TIMEOUT_S = 5.0
 
 
@@ -66,7 +68,7 @@ def merge(texts: Iterable[bytes]) -> bytes:
             _, _, samples = families.setdefault(
                 family.name, (family.type, family.documentation, {})
             )
-            summed = family.type in _SUMMED
+            summed = family.type in _SUMMED and not family.name.startswith(_MACHINE_WIDE)
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 if key not in samples:

@@ -49,3 +49,11 @@ def test_one_worker_merged_is_itself_and_none_is_empty() -> None:
 def test_label_values_with_quotes_and_newlines_survive() -> None:
     text = b'# TYPE x_total counter\nx_total{team="a\\"b\\nc"} 1.0\n'
     assert _samples(merge([text, text])) == {("x_total", (("team", 'a"b\nc'),)): 2.0}
+
+
+def test_the_gpus_own_readings_are_taken_once_not_per_worker() -> None:
+    gpu = b"""# HELP hw_energy_joules_total Energy consumed by the component
+# TYPE hw_energy_joules_total counter
+hw_energy_joules_total{hw_id="gpu0"} 5000.0
+"""
+    assert _samples(merge([gpu, gpu])) == {("hw_energy_joules_total", (("hw_id", "gpu0"),)): 5000.0}

@@ -173,13 +173,32 @@ def test_two_workers_without_a_shared_budget_store_refuse_to_start(tmp_path: Pat
     assert not (tmp_path / "l.db").exists()  # nothing was opened
 
 
-def test_two_workers_on_a_measured_meter_refuse_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("activity", ["local", "auto"])
+def test_two_workers_on_a_measured_meter_without_engine_counters_refuse_to_start(
+    tmp_path: Path, activity: str
+) -> None:
     config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'l.db'}", REDIS_URL)
-    config["upstreams"][0]["meter"] = {"kind": "prometheus", "url": "http://127.0.0.1:9/m"}
+    meter = {"kind": "prometheus", "url": "http://127.0.0.1:9/m", "activity": activity}
+    config["upstreams"][0]["meter"] = meter
     done = _serve(tmp_path, config, "--workers", "2")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
-    assert "cannot share upstream 'test''s measured meter (kind 'prometheus'" in done.stderr
+    assert "upstream 'test''s measured meter needs [upstreams.meter] activity = \"engine\"" in (
+        done.stderr
+    )
+    assert f"(it is {activity!r}" in done.stderr
+
+
+def test_a_measured_meter_on_engine_counters_may_run_in_several_workers(tmp_path: Path) -> None:
+    from proxy.config import parse_settings
+    from proxy.workers import refusal
+
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'l.db'}", REDIS_URL)
+    meter = {"kind": "prometheus", "url": "http://127.0.0.1:9/m", "activity": "engine"}
+    config["upstreams"][0]["meter"] = meter
+    assert refusal(parse_settings(config), 2) is None
+    config["upstreams"][0]["meter"]["activity"] = "local"
+    assert refusal(parse_settings(config), 2) is not None
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])

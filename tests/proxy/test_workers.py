@@ -19,12 +19,18 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
+from meters.sources.prometheus import DCGM_ENERGY, DCGM_POWER
 from proxy.telemetry.merge import fetch
 from tests.conftest import REDIS_URL
 from tests.support.fake_upstream import UpstreamLog, make_upstream
 from tests.support.processes import REPO_ROOT, ProxyProcess, replica_config, to_toml
 from tests.support.servers import ServerThread
+from tests.support.vllm_page import vllm_page
 
 pytestmark = pytest.mark.redis
 
@@ -281,3 +287,49 @@ def test_a_signal_to_the_supervisor_stops_every_worker(tmp_path: Path, signum: i
         assert not [p for p in pids if Path(f"/proc/{p}").exists()]
     finally:
         proxy.stop()
+
+
+def _gpu_and_engine_pages() -> Starlette:
+    """A DCGM exporter whose GPU 0 has spent 1234.5 J, and a vLLM engine's counters."""
+
+    async def dcgm(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(
+            f'# TYPE {DCGM_ENERGY} counter\n{DCGM_ENERGY}{{gpu="0"}} 1234500\n'
+            f'# TYPE {DCGM_POWER} gauge\n{DCGM_POWER}{{gpu="0"}} 300\n'
+        )
+
+    async def engine(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(vllm_page(models={"echo": (0.0, 0.0, 0.0)}))
+
+    return Starlette(routes=[Route("/dcgm", dcgm), Route("/metrics", engine)])
+
+
+def test_two_workers_on_one_measured_gpu_report_its_energy_once(tmp_path: Path) -> None:
+    with ServerThread(_gpu_and_engine_pages()) as pages:
+        config = replica_config(pages.url, f"sqlite:///{tmp_path / 'l.db'}", REDIS_URL)
+        config["upstreams"][0]["meter"] = {
+            "kind": "prometheus",
+            "url": f"{pages.url}/dcgm",
+            "activity": "engine",
+            "activity_url": f"{pages.url}/metrics",
+        }
+        tmp = tmp_path / "tmp"
+        tmp.mkdir()
+        proxy = ProxyProcess(
+            "gpu", config, tmp_path, {"TMPDIR": str(tmp)}, args=["--workers", "2"]
+        ).start()
+        try:
+            folder = _wait_for_both(proxy, tmp)
+            per_worker = [_gpu_energy_j(fetch(s) or b"") for s in sorted(folder.glob("*.sock"))]
+            merged = [_gpu_energy_j(httpx.get(f"{proxy.url}/metrics").content) for _ in range(4)]
+        finally:
+            proxy.stop()
+    assert per_worker == [1234.5, 1234.5]  # each worker reads the one GPU
+    assert merged == [1234.5] * 4  # and /metrics counts it once
+
+
+def _gpu_energy_j(text: bytes) -> float | None:
+    for family in text_string_to_metric_families(text.decode()):
+        if family.name == "hw_energy_joules":
+            return sum(s.value for s in family.samples)
+    return None

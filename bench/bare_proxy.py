@@ -3,7 +3,9 @@ uvicorn), no metering, no auth, no ledger. Whatever Footprint costs beyond this 
 
 Run: python bench/bare_proxy.py --upstream http://127.0.0.1:9100/v1 --port 9201 [--client C]
 `--client httpx` (default, Footprint's client), `aiohttp` (httpx on aiohttp's transport from the
-`httpx-aiohttp` package, as LiteLLM does) or `httpx2` (pydantic's fork, with a linear pool).
+`httpx-aiohttp` package, as LiteLLM does), `httpx2` (pydantic's fork, with a linear pool),
+`ours` (httpx on Footprint's own `proxy/transport.py`, over aiohttp's pool: what Footprint
+runs) or `raw-aiohttp` (aiohttp's client used directly, no httpx layer: issue 17's candidate).
 """
 
 import argparse
@@ -20,7 +22,44 @@ from starlette.routing import Route
 _KEEP = ("content-type", "x-request-id")
 
 
+def build_raw_aiohttp_app(upstream: str) -> Starlette:
+    """The same pass-through on aiohttp's client alone."""
+    import aiohttp
+
+    session: list[aiohttp.ClientSession] = []
+
+    async def relay(request: Request) -> Response:
+        body = await request.body()
+        answer = await session[0].post(
+            upstream + request.url.path.removeprefix("/v1"),
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        kept = {k: v for k, v in answer.headers.items() if k.lower() in _KEEP}
+        if answer.headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(
+                answer.content.iter_any(),
+                answer.status,
+                kept,
+                background=BackgroundTask(answer.release),
+            )
+        content = await answer.read()
+        return Response(content, answer.status, kept)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        connector = aiohttp.TCPConnector(limit=256)
+        session.append(aiohttp.ClientSession(connector=connector, auto_decompress=False))
+        yield
+        await session[0].close()
+
+    paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
+
+
 def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
+    if client_kind == "raw-aiohttp":
+        return build_raw_aiohttp_app(upstream)
     httpx = importlib.import_module("httpx2" if client_kind == "httpx2" else "httpx")
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     transport = None
@@ -28,6 +67,10 @@ def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
         from httpx_aiohttp import AiohttpTransport
 
         transport = AiohttpTransport(limits=limits)
+    elif client_kind == "ours":
+        from proxy.transport import AiohttpTransport as OurTransport
+
+        transport = OurTransport(limits=limits)
     client = httpx.AsyncClient(base_url=upstream, limits=limits, transport=transport)
 
     async def relay(request: Request) -> Response:
@@ -61,7 +104,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="bare pass-through (the Python floor)")
     parser.add_argument("--upstream", default="http://127.0.0.1:9100/v1")
     parser.add_argument("--port", type=int, default=9201)
-    parser.add_argument("--client", choices=("httpx", "aiohttp", "httpx2"), default="httpx")
+    parser.add_argument(
+        "--client", choices=("httpx", "aiohttp", "httpx2", "ours", "raw-aiohttp"), default="httpx"
+    )
     args = parser.parse_args()
     app = build_app(args.upstream, args.client)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)

@@ -66,12 +66,14 @@ PORTS = {
     "footprint-old": 9207,
     "footprint-w1": 9208,
     "footprint-w2": 9209,
+    "bare-ours": 9210,
+    "bare-raw-aiohttp": 9211,
 }
 ALL_TARGETS = ("direct", "footprint", "bare", "litellm")
 EXPERIMENTAL = ("bare-aiohttp", "footprint-aiohttp", "bare-httpx2")
 # Issue 17: `--old-tree` (a checkout of an older commit, run beside this one), and `--workers`
 # 1 and 2 with budgets in Redis (what more than one worker needs), both on both cores.
-OPTIONAL = ("footprint-old", "footprint-w1", "footprint-w2")
+OPTIONAL = ("footprint-old", "footprint-w1", "footprint-w2", "bare-ours", "bare-raw-aiohttp")
 BOTH_CORES = "0,1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024

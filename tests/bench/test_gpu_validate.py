@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu_analysis import (
     MeterSnapshot,
@@ -223,6 +224,55 @@ def test_the_workload_streams_tokens_and_batches_concurrent_requests() -> None:
         stats = httpx.get(f"{server.url}/stats").json()
         assert stats["model"] == {"preset": "tiny"}
         assert max(int(size) for size in stats["batch_histogram"]) > 1
+        # vLLM's engine counters, read with prometheus_client's own parser: every prompt token
+        # and every generated token of the five requests, nothing running once they ended.
+        page = httpx.get(f"{server.url}/metrics")
+        assert page.headers["content-type"].startswith("text/plain")
+        samples = {
+            sample.name: sample
+            for family in text_string_to_metric_families(page.text)
+            for sample in family.samples
+        }
+        assert samples["vllm:prompt_tokens_total"].value == 5 * 30
+        assert samples["vllm:generation_tokens_total"].value == 24 + 4 * 40
+        assert samples["vllm:num_requests_running"].value == 0
+        assert samples["vllm:generation_tokens_total"].labels == {"engine": "0", "model_name": "m"}
+        families = {f.name: f.type for f in text_string_to_metric_families(page.text)}
+        assert families["vllm:prompt_tokens"] == "counter"
+        assert families["vllm:num_requests_running"] == "gauge"
+
+
+def test_the_running_gauge_counts_requests_holding_a_slot_mid_generation() -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("starlette")
+    import httpx
+
+    from bench.gpu_workload import PRESETS, build_app, make_engine_factory
+    from tests.support.servers import ServerThread
+
+    factory = make_engine_factory(
+        PRESETS["tiny"], device="cpu", dtype=torch.float32, max_batch=4, max_len=1024
+    )
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "abcd" * 8}],
+        "max_tokens": 900,
+        "stream": True,
+    }
+    with (
+        ServerThread(build_app(factory, "m")) as server,
+        httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as stream,
+    ):
+        lines = stream.iter_lines()
+        for _ in range(6):  # a few tokens in: the request is in the engine's batch
+            next(lines)
+        page = httpx.get(f"{server.url}/metrics").text
+        running = [
+            line for line in page.splitlines() if line.startswith("vllm:num_requests_running")
+        ]
+        assert running == ['vllm:num_requests_running{engine="0",model_name="m"} 1.0']
+        prompt = [line for line in page.splitlines() if line.startswith("vllm:prompt_tokens_total")]
+        assert prompt == ['vllm:prompt_tokens_total{engine="0",model_name="m"} 8.0']
 
 
 def test_dry_run_reports_conservation_and_every_phase(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bench.gpu_analysis import RequestResult, counter_at_j, pct
 
@@ -269,3 +270,70 @@ def _spread(values: Sequence[float]) -> dict[str, float] | None:
 
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def _verdict(met: object) -> str:
+    return {True: "MET", False: "NOT MET"}.get(met, "not judged")  # type: ignore[call-overload]
+
+
+def format_checks(report: Mapping[str, Any]) -> str:
+    """The printed summary of an issue-19 run: each check, its target, met or not."""
+    gpu = report.get("gpu", {})
+    lines = [
+        f"GPU {gpu.get('name')} · driver {gpu.get('driver')}"
+        + (" · SIMULATED" if gpu.get("simulated") else "")
+        + f" · attribution {report.get('attribution')} · floor {report.get('floor_power_w')} W"
+    ]
+    for row in report.get("marginal", []):
+        lines.append(
+            f"marginal {row['class']}: {row['marginal_j_per_request']} J/request "
+            f"(background {row['background_power_w']} W, with class {row['window_power_w']} W, "
+            f"{row['requests_in_window']} requests) -> {_verdict(row['met'])} ({row['target']})"
+        )
+        for tick, cell in row["by_tick"].items():
+            lines.append(
+                f"  {tick}: attributed {cell['attributed_j']} J − floor {cell['floor_share_j']} J"
+                f" = {cell['attributed_minus_floor_j']} J over {cell['requests']} requests, "
+                f"{cell['error_pct']}% -> {_verdict(cell['met'])}"
+            )
+    if "replicas" in report:
+        r = report["replicas"]
+        lines.append(
+            f"replicas: Σ {r['replicas_j']} + idle {r['idle_j']} + direct {r['direct_j']} = "
+            f"{r['sum_j']} J vs counter {r['counter_delta_j']} J: {r['error_pct']}% -> "
+            f"{_verdict(r['met'])} ({r['target']}); direct as each replica sees it "
+            f"{r['direct_as_each_replica_sees_it_j']}"
+        )
+        for name, means in r.get("per_class_j", {}).items():
+            lines.append(f"  {name} J/request: {means}")
+    if "calibration" in report:
+        c = report["calibration"]
+        lines.append(
+            f"calibration: fitted on {c['fitted_on']}, held out {c['held_out']}; "
+            f"α {c.get('alpha')}, {c.get('j_per_output_token')} J/token; held-out ratio "
+            f"{c.get('held_out_ratio')} (in-sample {c.get('in_sample_ratio')}) -> "
+            f"{_verdict(c['met'])} ({c['target']})"
+        )
+    if "sampler" in report:
+        s = report["sampler"]
+        lines.append(f"sampler: counter moves {s['counter_changes_per_s']}/s; CPU per call µs "
+                     f"{s['cpu_per_call_us']}")  # fmt: skip
+        for way in s["ways"]:
+            lines.append(
+                f"  {way['way']}: {way['cpu_per_tick_us']} µs/tick/GPU, moves "
+                f"{way['changes_per_s']}/s, energy error {way['energy_error_pct']}%, "
+                f"8 GPUs at 10 Hz {way['core_pct_8_gpus_10_hz']}% of a core"
+                + (" (eligible)" if way["eligible"] else "")
+            )
+        lines.append(f"  chosen {s['chosen']}: {s['chosen_core_pct_8_gpus_10_hz']}% of a core "
+                     f"-> {_verdict(s['met'])} ({s['target']})")  # fmt: skip
+        if "chosen_for_source" in s:
+            lines.append(
+                f"  NvmlSource read_via {s['chosen_for_source']}: "
+                f"{s['chosen_for_source_core_pct']}% of a core -> {_verdict(s['met_for_source'])}"
+            )
+    for failed in report.get("failed_requests", [])[:5]:
+        lines.append(f"FAILED {failed}")
+    for error in report.get("errors", []):
+        lines.append(f"ERROR {error.splitlines()[-1] if error else error}")
+    return "\n".join(lines)

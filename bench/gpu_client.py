@@ -9,6 +9,13 @@ from typing import Any
 
 from bench.gpu_analysis import RequestResult, parse_sse_line
 
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stdout, with seconds since the script started (the device run's log)."""
+    print(f"[{time.monotonic() - _T0:6.1f} s] {message}", flush=True)
+
 
 class Hooks:
     """What the driver tells a simulated GPU about its requests; nothing for a real one."""

@@ -51,7 +51,9 @@ from bench.gpu_analysis import (  # noqa: E402 - needs ROOT on the path first
     build_report,
     format_table,
 )
-from bench.gpu_client import FakeGpuHooks, Hooks, prompt_of, send_chat  # noqa: E402
+from bench.gpu_checks import format_checks  # noqa: E402
+from bench.gpu_client import FakeGpuHooks, Hooks, prompt_of, say, send_chat  # noqa: E402
+from bench.gpu_phases import Plan19  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ class CounterPoller:
         period_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._nvml = nvml
-        self._handle = nvml.nvmlDeviceGetHandleByIndex(gpu_index)
+        self.nvml = self._nvml = nvml
+        self.handle = self._handle = nvml.nvmlDeviceGetHandleByIndex(gpu_index)
         self.period_s = period_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -116,7 +118,8 @@ class CounterPoller:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _record(self, time_s: float, value_mj: int) -> None:
         with self._lock:
@@ -187,14 +190,6 @@ def thread_cpu_s(thread: threading.Thread | None) -> float | None:
         return None
 
 
-_T0 = time.monotonic()
-
-
-def say(message: str) -> None:
-    """Progress on stdout, with seconds since the script started (the device run's log)."""
-    print(f"[{time.monotonic() - _T0:6.1f} s] {message}", flush=True)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -202,8 +197,17 @@ def free_port() -> int:
 
 
 def footprint_toml(
-    *, port: int, upstream_url: str, db_path: Path, params_b: float, accelerator: str
+    *,
+    port: int,
+    upstream_url: str,
+    db_path: Path,
+    params_b: float,
+    accelerator: str,
+    tick_s: float = 0.1,
+    activity_url: str = "",
 ) -> str:
+    """A footprint.toml for one proxy; with `activity_url`, `activity = "engine"` there."""
+    activity = f'activity = "engine"\nactivity_url = "{activity_url}"\n' if activity_url else ""
     return f"""\
 [server]
 host = "127.0.0.1"
@@ -215,7 +219,7 @@ log_level = "warning"
 url = "sqlite:///{db_path}"
 
 [metering]
-tick_s = 0.1
+tick_s = {tick_s}
 
 [[upstreams]]
 name = "gpu"
@@ -226,7 +230,7 @@ zone = "WORLD"
 [upstreams.meter]
 kind = "nvml"
 gpus = [0]
-
+{activity}
 [upstreams.hardware]
 accelerator = "{accelerator}"
 gpus = 1
@@ -310,7 +314,10 @@ def open_nvml(args: argparse.Namespace) -> tuple[ModuleType, Hooks, dict[str, An
         sys.path.insert(0, str(ROOT))
         from tests.meters.fake_pynvml import FakeNvml
 
-        fake = FakeNvml(idle_w=60.0, w_per_request=40.0, j_per_token=0.02, j_per_prompt_token=0.002)
+        fake = FakeNvml(
+            idle_w=60.0, w_per_request=40.0, j_per_token=0.02, j_per_prompt_token=0.002,
+            update_s=0.0 if args.issue7 else 0.1,  # issue 19: as the H200's driver, 100 ms
+        )  # fmt: skip
         nvml, hooks = fake.module, FakeGpuHooks(fake)
     else:
         import pynvml
@@ -492,11 +499,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="CPU, tiny model, simulated counters, short phases"
     )
     parser.add_argument("--ready-timeout-s", type=float, default=240.0)
+    parser.add_argument(
+        "--issue7", action="store_true", help="the issue-7 phases (idle, sequential, concurrent)"
+    )
     args = parser.parse_args(argv)
     if args.dry_run:
         args.device, args.preset, args.fake_nvml, args.quick = "cpu", "tiny", True, True
         args.max_len = min(args.max_len, 1024)
     args.plan = Plan.quick() if args.quick else Plan()
+    args.plan19 = Plan19.quick() if args.quick else Plan19()
     args.proxy_port = free_port()
     args.workload_url = ""
     return args
@@ -510,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"plan": asdict(args.plan), "errors": []}
+    plan = asdict(args.plan) if args.issue7 else asdict(args.plan19)
+    report: dict[str, Any] = {"issue": 7 if args.issue7 else 19, "plan": plan, "errors": []}
     workload: subprocess.Popen[bytes] | None = None
     proxy: ProxyThread | None = None
     poller: CounterPoller | None = None
@@ -533,6 +545,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = httpx.get(f"{args.workload_url}/stats", timeout=5.0).json()["model"]
         report["model"] = model
         report["workload_ready_s"] = round(time.monotonic() - started, 1)
+        if not args.issue7:
+            from bench.gpu_run19 import run_issue19
+
+            report.update(run_issue19(args, nvml, hooks, gpu, model))
+            return 0
         accelerator = accelerator_name(gpu["name"])
         workdir = Path(tempfile.mkdtemp(prefix="gpu-validate-"))
         toml_path = workdir / "footprint.toml"
@@ -568,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workload.kill()
         report["total_s"] = round(time.monotonic() - started, 1)
         (out / "gpu_validate.json").write_text(json.dumps(report, indent=2, default=str))
-        print(format_table(report), flush=True)
+        table = format_table(report) if args.issue7 else format_checks(report)
+        print(table, flush=True)
     return 1 if report["errors"] else 0
 
 

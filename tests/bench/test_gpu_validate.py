@@ -275,21 +275,50 @@ def test_the_running_gauge_counts_requests_holding_a_slot_mid_generation() -> No
         assert prompt == ['vllm:prompt_tokens_total{engine="0",model_name="m"} 8.0']
 
 
-def test_dry_run_reports_conservation_and_every_phase(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "gpu_validate.py"),
-            "--dry-run",
-            "--out",
-            str(tmp_path),
-        ],
+def dry_run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(ROOT / "bench" / "gpu_validate.py"), "--dry-run"]
+    return subprocess.run(
+        [*command, "--out", str(out), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
     )
+
+
+def test_dry_run_of_issue_19_runs_every_check(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    completed = dry_run(tmp_path)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_validate.json").read_text())
+    assert report["errors"] == [] and report["failed_requests"] == []
+    assert report["issue"] == 19 and report["gpu"]["simulated"] is True
+    marginal = {row["class"]: row for row in report["marginal"]}
+    assert set(marginal) == {"short", "long_prompt", "long_output"}
+    for row in marginal.values():
+        assert row["marginal_j_per_request"] > 0
+        assert set(row["by_tick"]) == {"tick 0.1 s", "tick 0.2 s", "tick 0.5 s"}
+        assert all(cell["requests"] > 0 for cell in row["by_tick"].values())
+        assert row["met"] in (True, False)
+    replicas = report["replicas"]
+    assert set(replicas["replicas_j"]) == {"p01", "p01b"}
+    assert replicas["counter_delta_j"] > 0 and replicas["met"] in (True, False)
+    assert set(replicas["per_class_j"]["p01b"]["two_replicas"]) == {"short", "long_output"}
+    calibration = report["calibration"]
+    assert calibration["fitted_on"] >= 10 and calibration["held_out"] >= 10
+    assert calibration["met"] in (True, False)
+    sampler = report["sampler"]
+    assert {w["way"] for w in sampler["ways"]} == {"energy", "fields", "power"}
+    # the simulated driver publishes its counter every 100 ms, as the H200's did
+    assert 5.0 < sampler["counter_changes_per_s"] <= 10.5
+    assert sampler["chosen"] is not None and sampler["chosen_for_source"] in ("energy", "fields")
+    for check in ("marginal", "replicas:", "calibration:", "sampler:"):
+        assert check in completed.stdout
+
+
+def test_dry_run_reports_conservation_and_every_phase(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    completed = dry_run(tmp_path, "--issue7")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_validate.json").read_text())
     assert report["errors"] == [] and report["failed_requests"] == []

@@ -57,15 +57,15 @@ class Plan19:
     idle_s: float = 5.0
     ramp_s: float = 3.0
     background_s: float = 8.0
-    class_s: float = 12.0
+    class_s: float = 15.0
     background_streams: int = 4
     background_prompt_chars: int = 800
     background_tokens: int = 256
-    class_streams: int = 2
+    class_streams: int = 3  # one per tick proxy at a time: each meters about a third
     classes: tuple[RequestClass, ...] = (
         RequestClass("short", 400, 64),
         RequestClass("long_prompt", 12000, 64),
-        RequestClass("long_output", 400, 384),
+        RequestClass("long_output", 400, 192),
     )
     replica_requests: int = 24
     replica_concurrency: int = 6

@@ -52,6 +52,8 @@ FI_TOTAL_ENERGY_CONSUMPTION = 83  # NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, unsign
 FI_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, unsigned int mW
 NVML_SUCCESS = 0
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_INVALID_ARGUMENT = 2
+_FIELD_UNKNOWN = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_INVALID_ARGUMENT)
 ReadVia = Literal["energy", "fields"]
 
 
@@ -230,9 +232,9 @@ class NvmlSource:
         power_w: float | None = None
         if power is not None and power.nvmlReturn == NVML_SUCCESS:
             power_w = int(power.value.uiVal) / MW_PER_W
-        elif power is not None and power.nvmlReturn != NVML_ERROR_NOT_SUPPORTED:
+        elif power is not None and power.nvmlReturn not in _FIELD_UNKNOWN:
             raise self._field_error(gpu, "power", int(power.nvmlReturn))
-        else:
+        else:  # a driver older than the instant-power field answers NOT_SUPPORTED or INVALID
             gpu.power_field = False
             power_w = self._power_w(nvml, handle, required=raw_j is None)
         return raw_j, power_w

@@ -38,7 +38,8 @@ pre-Volta GPU (the counter call raises NotSupported; only power is readable). `r
 every counter read the fake answered, as (time_s, gpu index, energy_mj); `calls` counts calls
 per function name. `update_s` > 0 makes the counter move only every `update_s` seconds (the
 H200's driver publishes it every 100 ms), `power_field=False` a driver without the
-instantaneous-power field.
+instantaneous-power field, and `field_errors[field_id] = code` a field that answers that NVML
+return code.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class FakeNvml:
     clock: Callable[[], float] = time.monotonic
     reads: list[tuple[float, int, int]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
+    field_errors: dict[int, int] = field(default_factory=dict)  # field id -> NVML return code
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -416,7 +418,9 @@ class FakeNvml:
                 for entry in field_ids:
                     field_id, scope_id = entry if isinstance(entry, tuple) else (entry, 0)
                     value = FieldValue(field_id, scope_id, timestamp=int(self._now_s * 1e6))
-                    if field_id == FI_TOTAL_ENERGY_CONSUMPTION and self.energy_counter:
+                    if field_id in self.field_errors:
+                        value.nvmlReturn = self.field_errors[field_id]
+                    elif field_id == FI_TOTAL_ENERGY_CONSUMPTION and self.energy_counter:
                         value.value.ullVal = self._energy_mj(handle.index)
                     elif field_id == FI_POWER_INSTANT and self.power_field:
                         value.valueType = VALUE_TYPE_UNSIGNED_INT

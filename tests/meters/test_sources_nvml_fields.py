@@ -86,3 +86,26 @@ def test_the_counter_moves_only_at_the_drivers_update_interval() -> None:
     assert source.read().energy_j["0"] == start  # not yet published
     clock.advance(0.07)
     assert source.read().energy_j["0"] == pytest.approx(start + 11.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("field_id", "code", "message"),
+    [(83, 15, "GPU 0 energy field: GPU is lost"), (83, 999, "energy field: NVML return code 999"),
+     (186, 4, "GPU 0 power field: no permission")],
+)  # fmt: skip
+def test_a_field_that_answers_an_error_is_a_meter_error(
+    field_id: int, code: int, message: str
+) -> None:
+    fake, source, _ = make()
+    fake.field_errors[field_id] = code
+    with pytest.raises(MeterError, match=message):
+        source.read()
+
+
+def test_a_driver_that_does_not_know_the_power_field_falls_back() -> None:
+    fake, source, clock = make(idle_w=40.0)
+    fake.field_errors[186] = 2  # INVALID_ARGUMENT: an older driver's answer to an unknown id
+    source.read()
+    clock.advance(1.0)
+    assert source.read().power_w["0"] == pytest.approx(40.0, abs=0.01)
+    assert fake.calls["nvmlDeviceGetPowerUsage"] == 2

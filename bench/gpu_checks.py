@@ -289,7 +289,9 @@ def format_checks(report: Mapping[str, Any]) -> str:
             f"marginal {row['class']}: {row['marginal_j_per_request']} J/request "
             f"(background {row['background_power_w']} W, with class {row['window_power_w']} W, "
             f"{row['requests_in_window']} requests) -> {_verdict(row['met'])} ({row['target']})"
-        )
+            + (f"; simulation's own marginal {row['simulated_marginal_truth_j']} J"
+               if "simulated_marginal_truth_j" in row else "")
+        )  # fmt: skip
         for tick, cell in row["by_tick"].items():
             lines.append(
                 f"  {tick}: attributed {cell['attributed_j']} J − floor {cell['floor_share_j']} J"

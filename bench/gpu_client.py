@@ -20,6 +20,10 @@ def say(message: str) -> None:
 class Hooks:
     """What the driver tells a simulated GPU about its requests; nothing for a real one."""
 
+    def marginal_truth_j(self, request_id: str) -> float | None:
+        """The simulation's own marginal energy of a request; None on a real GPU."""
+        return None
+
     def started(self, request_id: str) -> None: ...
     def token(self, request_id: str, prompt_tokens: int) -> None: ...
     def ended(self, request_id: str) -> None: ...
@@ -31,6 +35,9 @@ class FakeGpuHooks(Hooks):
     def __init__(self, fake: Any) -> None:
         self._fake = fake
         self._first: set[str] = set()
+
+    def marginal_truth_j(self, request_id: str) -> float | None:
+        return float(self._fake.dynamic_energy_j(request_id))
 
     def started(self, request_id: str) -> None:
         self._fake.request_started(request_id)

@@ -75,10 +75,10 @@ class Plan19:
     @classmethod
     def quick(cls) -> Plan19:
         return cls(
-            cost_reads=200, idle_s=1.0, ramp_s=0.5, background_s=1.5, class_s=2.5,
+            cost_reads=200, idle_s=1.0, ramp_s=0.5, background_s=1.5, class_s=3.0,
             background_streams=3, background_prompt_chars=200, background_tokens=48,
             classes=(RequestClass("short", 200, 12), RequestClass("long_prompt", 2400, 12),
-                     RequestClass("long_output", 200, 64)),
+                     RequestClass("long_output", 200, 48)),
             replica_requests=12, replica_concurrency=4, settle_s=0.5,
         )  # fmt: skip
 

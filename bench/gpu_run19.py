@@ -165,6 +165,19 @@ def build19(raw: dict[str, Any], poller: CounterPoller, args: Any) -> dict[str, 
         "sampler": sampler_report(raw["costs"], raw["movement"]),
         "marginal": marginal_report(timeline, raw["windows"], raw["by_class"], floor_w, traffic),
     }
+    for row, window in zip(
+        report["marginal"], [w for w in raw["windows"] if w.label != "background"], strict=True
+    ):
+        # A simulated GPU knows each request's marginal energy: the by-difference figure is
+        # checked against it (on a real GPU there is none, and nothing is added).
+        truths = [
+            traffic.hooks.marginal_truth_j(r.request_id)
+            for r in raw["by_class"][window.label]
+            if r.start_s >= window.start_s and r.end_s <= window.end_s
+        ]
+        known = [t for t in truths if t is not None]
+        if known:
+            row["simulated_marginal_truth_j"] = round(sum(known) / len(known), 3)
     two = raw["replicas_two"]
     (first, other_first), (_first_b, other_first_b) = two["before"]
     (last, other_last), (_last_b, other_last_b) = two["after"]

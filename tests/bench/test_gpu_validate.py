@@ -296,9 +296,14 @@ def test_dry_run_of_issue_19_runs_every_check(tmp_path: Path) -> None:
     marginal = {row["class"]: row for row in report["marginal"]}
     assert set(marginal) == {"short", "long_prompt", "long_output"}
     for row in marginal.values():
-        assert row["marginal_j_per_request"] > 0
+        # By difference, against the simulation's own marginal energy of the same requests
+        # (its power model is additive: a request's dynamic energy is exactly its marginal).
+        # The dry-run's 3 s windows hold a few requests each, so it is loose (runs gave
+        # 0.87-1.30); a miscount of the requests in the window would be off by far more.
+        ratio = row["marginal_j_per_request"] / row["simulated_marginal_truth_j"]
+        assert 0.6 < ratio < 1.5, row
         assert set(row["by_tick"]) == {"tick 0.1 s", "tick 0.2 s", "tick 0.5 s"}
-        assert all(cell["requests"] > 0 for cell in row["by_tick"].values())
+        assert all(cell["requests"] > 0 for cell in row["by_tick"].values()), row
         assert row["met"] in (True, False)
     replicas = report["replicas"]
     assert set(replicas["replicas_j"]) == {"p01", "p01b"}

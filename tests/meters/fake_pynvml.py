@@ -237,6 +237,13 @@ class FakeNvml:
             own_j = request.dynamic_j(self.w_per_request, self._now_s)
             return (own_j + shares.get(request_id, 0.0)) * self.gpus
 
+    def dynamic_energy_j(self, request_id: str) -> float:
+        """The request's own energy above idle, summed over all GPUs: with the fake's additive
+        power model, exactly the energy the GPUs would not have drawn without it (marginal)."""
+        with self._lock:
+            self._advance()
+            return self._requests[request_id].dynamic_j(self.w_per_request, self._now_s) * self.gpus
+
     def true_idle_energy_j(self) -> float:
         """Energy drawn with no request in flight, summed over all GPUs."""
         with self._lock:

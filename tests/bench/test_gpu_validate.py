@@ -299,7 +299,7 @@ def test_dry_run_of_issue_19_runs_every_check(tmp_path: Path) -> None:
         # By difference, against the simulation's own marginal energy of the same requests
         # (its power model is additive: a request's dynamic energy is exactly its marginal).
         # The dry-run's 3 s windows hold a few requests each, so it is loose (runs gave
-        # 0.87-1.30); a miscount of the requests in the window would be off by far more.
+        # 0.91-1.30); a miscount of the requests in the window would be off by far more.
         ratio = row["marginal_j_per_request"] / row["simulated_marginal_truth_j"]
         assert 0.6 < ratio < 1.5, row
         assert set(row["by_tick"]) == {"tick 0.1 s", "tick 0.2 s", "tick 0.5 s"}

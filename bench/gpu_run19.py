@@ -219,8 +219,27 @@ def build19(raw: dict[str, Any], poller: CounterPoller, args: Any) -> dict[str, 
         {str((r.footprint or {}).get("attribution", "")) for r in everything if r.footprint}
     )
     report["windows"] = [w.__dict__ for w in raw["windows"]]
-    report["requests"] = len(everything)
+    report["requests"] = [request_row(r, traffic) for r in everything]
     return report
+
+
+def request_row(r: RequestResult, traffic: Traffic) -> dict[str, Any]:
+    """One request as the report keeps it: enough to redo any check by hand."""
+    footprint = r.footprint or r.footprint_comment or {}
+    return {
+        "request_id": r.request_id,
+        "via": traffic.via.get(r.request_id),
+        "class": r.phase,
+        "start_s": round(r.start_s, 4),
+        "end_s": round(r.end_s, 4),
+        "prompt_tokens": (r.usage or {}).get("prompt_tokens"),
+        "output_tokens": r.output_tokens,
+        "gpu_energy_j": r.gpu_energy_j,
+        "ledger_gpu_energy_j": (r.ledger or {}).get("gpu_energy_j"),
+        "method": footprint.get("method"),
+        "attribution": footprint.get("attribution"),
+        "error": r.error,
+    }
 
 
 def flatten(groups: Any) -> list[RequestResult]:

@@ -317,6 +317,15 @@ def test_dry_run_of_issue_19_runs_every_check(tmp_path: Path) -> None:
     # the simulated driver publishes its counter every 100 ms, as the H200's did
     assert 5.0 < sampler["counter_changes_per_s"] <= 10.5
     assert sampler["chosen"] is not None and sampler["chosen_for_source"] in ("energy", "fields")
+    rows = report["requests"]
+    assert {row["via"] for row in rows} == {"p01", "p02", "p05", "p01b", "direct"}
+    metered = [row for row in rows if row["via"] != "direct"]
+    assert all(row["method"] == "measured" for row in metered)
+    in_ledger = [row for row in metered if row["ledger_gpu_energy_j"] is not None]
+    assert in_ledger  # the replica phases read both replicas' ledgers back
+    assert all(
+        row["ledger_gpu_energy_j"] == pytest.approx(row["gpu_energy_j"]) for row in in_ledger
+    )
     for check in ("marginal", "replicas:", "calibration:", "sampler:"):
         assert check in completed.stdout
 

@@ -320,12 +320,12 @@ def test_dry_run_of_issue_19_runs_every_check(tmp_path: Path) -> None:
     rows = report["requests"]
     assert {row["via"] for row in rows} == {"p01", "p02", "p05", "p01b", "direct"}
     metered = [row for row in rows if row["via"] != "direct"]
-    assert all(row["method"] == "measured" for row in metered)
+    for row in metered:
+        assert row["method"] == "measured", row
     in_ledger = [row for row in metered if row["ledger_gpu_energy_j"] is not None]
     assert in_ledger  # the replica phases read both replicas' ledgers back
-    assert all(
-        row["ledger_gpu_energy_j"] == pytest.approx(row["gpu_energy_j"]) for row in in_ledger
-    )
+    for row in in_ledger:
+        assert row["ledger_gpu_energy_j"] == pytest.approx(row["gpu_energy_j"], abs=1e-3), row
     for check in ("marginal", "replicas:", "calibration:", "sampler:"):
         assert check in completed.stdout
 

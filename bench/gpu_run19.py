@@ -33,17 +33,11 @@ from bench.gpu_validate import (
     CounterPoller,
     ProxyThread,
     accelerator_name,
+    engine_attribution_available,
     footprint_toml,
     free_port,
     take_snapshot,
 )
-
-
-def engine_attribution_available() -> bool:
-    """Whether this checkout's config has `[upstreams.meter] activity` (issue 10)."""
-    from proxy.config import MeterSettings
-
-    return "activity" in MeterSettings.model_fields
 
 
 def start_proxies(

@@ -205,9 +205,12 @@ def footprint_toml(
     accelerator: str,
     tick_s: float = 0.1,
     activity_url: str = "",
+    local: bool = False,
 ) -> str:
-    """A footprint.toml for one proxy; with `activity_url`, `activity = "engine"` there."""
+    """A footprint.toml for one proxy; with `activity_url`, `activity = "engine"` there; with
+    `local`, `activity = "local"` (the issue-7 run's split, over the requests it saw)."""
     activity = f'activity = "engine"\nactivity_url = "{activity_url}"\n' if activity_url else ""
+    activity = 'activity = "local"\n' if local else activity
     return f"""\
 [server]
 host = "127.0.0.1"
@@ -237,6 +240,13 @@ gpus = 1
 active_params_b = {params_b:.4f}
 total_params_b = {params_b:.4f}
 """
+
+
+def engine_attribution_available() -> bool:
+    """Whether this checkout's config has `[upstreams.meter] activity` (issue 10)."""
+    from proxy.config import MeterSettings
+
+    return "activity" in MeterSettings.model_fields
 
 
 def accelerator_name(gpu_name: str) -> str:
@@ -556,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         toml_path.write_text(footprint_toml(
             port=args.proxy_port, upstream_url=f"{args.workload_url}/v1",
             db_path=workdir / "footprint.db", params_b=model["params_b"], accelerator=accelerator,
+            local=engine_attribution_available(),  # the workload serves /metrics since issue 19
         ))  # fmt: skip
         settings = load_settings(toml_path, environ={})
         app = create_app(settings, nvml=nvml if args.fake_nvml else None)

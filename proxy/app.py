@@ -36,7 +36,7 @@ from proxy.idle import IdleRecorder
 from proxy.ledger import open_ledger
 from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import Relay
-from proxy.routes import health, openai
+from proxy.routes import health, openai, openapi
 from proxy.routes.admin import admin_router
 from proxy.routes.footprint import footprint_router
 from proxy.services import Services
@@ -215,6 +215,7 @@ def create_app(
     app.router.routes.extend(openai.relay_routes())  # the hot path, matched first
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(openapi.router)
     app.include_router(admin_router)
     app.include_router(footprint_router)
     if telemetry is not False:

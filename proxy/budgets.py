@@ -571,6 +571,7 @@ async def open_budgets(
             clock,
             key_prefix=key_prefix,
             timeout_s=settings.redis_timeout_s if redis_timeout_s is None else redis_timeout_s,
+            claim_ttl_s=settings.claim_ttl_s,
         )
     else:
         backend = LocalBackend(store, settings.reservation_ttl_s, clock)

@@ -16,6 +16,8 @@ Outages and lost keys are part of the design, not an afterthought:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -227,6 +229,7 @@ class RedisBackend:
         *,
         key_prefix: str = "footprint",
         timeout_s: float = 1.0,
+        claim_ttl_s: float = 30.0,
     ) -> None:
         import redis.asyncio as redis_asyncio
         from redis.asyncio.retry import Retry
@@ -253,6 +256,10 @@ class RedisBackend:
         # (request id -> (worst case, expiry on this replica's clock)).
         self._generation: dict[str, str] = {}
         self._live: dict[str, dict[str, tuple[Usage, float]]] = {}
+        # Client request ids this replica has claimed and not let go, renewed by `_renewer`.
+        self._claim_ttl_s = claim_ttl_s
+        self._claims: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
 
     def _keys(self, team: str) -> list[str]:
         base = f"{self._prefix}:{{{team}}}:"
@@ -374,22 +381,51 @@ class RedisBackend:
 
     async def claim(self, request_id: str, team: str) -> bool:
         """SET NX on a key of its own (not under the team's hash tag: the id is unique across
-        teams), expiring after the reservation TTL."""
+        teams), expiring after `claim_ttl_s` unless this replica renews it (every third of
+        that, while the request runs): a replica that dies lets its ids go within the TTL."""
         from redis.exceptions import RedisError
 
-        key = f"{self._prefix}:claim:{request_id}"
         try:
-            return bool(await self._redis.set(key, team, nx=True, px=int(self._ttl_s * 1000)))
+            taken = await self._redis.set(
+                self._claim_key(request_id), team, nx=True, px=int(self._claim_ttl_s * 1000)
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(repr(exc)) from exc
+        if taken:
+            self._claims.add(request_id)
+            self._renew_claims_soon()
+        return bool(taken)
 
     async def unclaim(self, request_id: str) -> None:
         from redis.exceptions import RedisError
 
+        self._claims.discard(request_id)
         try:
-            await self._redis.delete(f"{self._prefix}:claim:{request_id}")
+            await self._redis.delete(self._claim_key(request_id))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(repr(exc)) from exc
+
+    def _claim_key(self, request_id: str) -> str:
+        return f"{self._prefix}:claim:{request_id}"
+
+    def _renew_claims_soon(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_claims())
+
+    async def _renew_claims(self) -> None:
+        """While this replica holds claims, push their expiry out every third of the TTL."""
+        from redis.exceptions import RedisError
+
+        ttl_ms = int(self._claim_ttl_s * 1000)
+        while self._claims:
+            await asyncio.sleep(self._claim_ttl_s / 3)
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for request_id in list(self._claims):
+                        pipe.pexpire(self._claim_key(request_id), ttl_ms)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("request id claims not renewed: %r", exc)
 
     async def ping(self) -> None:
         """Raises StoreUnavailable if Redis does not answer within the socket timeout."""
@@ -401,4 +437,8 @@ class RedisBackend:
             raise StoreUnavailable(repr(exc)) from exc
 
     async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
         await self._redis.aclose()

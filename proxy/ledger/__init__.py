@@ -5,7 +5,7 @@ holds teams, keys and budgets in the same database.
 """
 
 from proxy.ledger._engine import LedgerConfigError
-from proxy.ledger._health import LedgerUnreachable, check_reachable, unavailable
+from proxy.ledger._health import ERROR_TYPES, LedgerUnreachable, check_reachable, unavailable
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
 from proxy.ledger._records import METRICS, PERIODS, Endpoint, LedgerRecord, as_utc, iso
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
@@ -13,6 +13,7 @@ from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
+    "ERROR_TYPES",
     "GROUP_KEYS",
     "METRICS",
     "PERIODS",

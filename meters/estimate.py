@@ -1,40 +1,61 @@
 """Estimated GPU energy when nothing is measured (methodology §3).
 
 EcoLogits' published method (genai-impact/ecologits, `docs/methodology/llm_inference.md`;
-formulas in `ecologits/impacts/llm.py`, release 0.11.3), restated here in joules and seconds:
+formulas in `ecologits/impacts/llm.py`, release 0.11.3; constants in `meters.constants`),
+restated here in joules and seconds:
 
 - energy per output token per GPU: f_E(P, B) = a · e^(b·B) · P + c  [Wh], P active parameters
   in billions, B the batch size;
-- GPUs: ceil(1.2 · P_total · 2 bytes / 80 GB), rounded up to a power of two;
+- GPUs: ceil(1.2 · P_total · 2 bytes / M_GPU), rounded up to a power of two, M_GPU the
+  accelerator's memory (80 GB for an H100, EcoLogits' only case; 141 GB for an H200, …);
 - generation time: ΔT = min(output tokens · (α_L · P + β_L · B + γ_L), measured latency), or
   output tokens / tps + ttft where EcoLogits knows the provider's measured speed;
 - E_gpu = output tokens · f_E · GPUs;  E_server = ΔT · P_server · GPUs / 8 / B, P_server being
   1.2 kW per 8-GPU server, i.e. 150 W per GPU.
 
 The request's share of the hardware (for embodied carbon) is ΔT / B of the GPUs the model
-needs. `Measurement.hardware_s` is expressed against the upstream's configured GPU count
-(`Hardware.gpus`), as the measured path does, so it is ΔT / B · GPUs / Hardware.gpus.
+needs: `Measurement.hardware_s` = ΔT / B with `Measurement.gpus` = GPUs. A model whose size
+EcoLogits publishes as a range is estimated at both ends (`Measurement.bounds`), and its
+central figure is their mean, as EcoLogits reports it.
 
-This module is the only one that imports `ecologits` (for its model catalogue).
+The model catalogue (EcoLogits' `models.json`) is `meters.catalog`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
 from meters.calibration import Calibrations
+from meters.catalog import ModelCatalog, ModelSpec, catalog_source
+from meters.constants import (
+    BYTES_PER_PARAMETER,
+    DEFAULT_ACCELERATOR,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PUE,
+    DEFAULT_SERVER_POWER_W_PER_GPU,
+    DEFAULT_WUE_L_PER_KWH,
+    GPU_ENERGY_A_WH,
+    GPU_ENERGY_B,
+    GPU_ENERGY_C_WH,
+    LATENCY_A_S,
+    LATENCY_B_S,
+    LATENCY_C_S,
+    MEMORY_OVERHEAD,
+    accelerator,
+)
 from meters.footprint import compute_footprint, footprint_record
 from meters.intensity import IntensityTable
 from meters.types import Hardware, Measurement, MeterError, SiteFactors
+
+# EcoLogits divides by an H100's 80 GB; the estimator by the upstream's accelerator's memory.
+DEFAULT_ACCELERATOR_MEMORY_GB = accelerator(DEFAULT_ACCELERATOR).memory_gb
 
 __all__ = [
     "Estimator",
     "ModelCatalog",
     "ModelSpec",
     "UnknownModel",
+    "catalog_source",
     "energy_per_output_token_j",
     "estimate_gpu_energy_j",
     "estimate_server_energy_j",
@@ -45,53 +66,10 @@ __all__ = [
 
 J_PER_WH = 3600.0
 
-# f_E(P, B) = a · e^(b·B) · P + c, Wh per output token per GPU; fit to ML.ENERGY leaderboard
-# H100 data. Source: ecologits 0.11.3 `impacts/llm.py` (GPU_ENERGY_ALPHA/BETA/GAMMA);
-# methodology.md §3.
-GPU_ENERGY_A_WH = 1.1665273170451914e-06
-GPU_ENERGY_B = -0.011205921025579175
-GPU_ENERGY_C_WH = 4.052928146734005e-05
-
-# Seconds per output token = α_L · P + β_L · B + γ_L. Source: ecologits 0.11.3 `impacts/llm.py`
-# (LATENCY_ALPHA/BETA/GAMMA); methodology.md §3.
-LATENCY_A_S = 0.0006785088094353663
-LATENCY_B_S = 0.0003119310311688259
-LATENCY_C_S = 0.019473717579473387
-
-# Weights in 16 bits (2 bytes per parameter) with 20 % overhead for activations and KV cache;
-# 80 GB per GPU (H100). Source: ecologits 0.11.3 `impacts/llm.py` (MODEL_QUANTIZATION_BITS,
-# model_required_memory, GPU_MEMORY); methodology.md §3.
-BYTES_PER_PARAMETER = 2.0
-MEMORY_OVERHEAD = 1.2
-DEFAULT_ACCELERATOR_MEMORY_GB = 80.0
-
-# Requests served together by one model instance. Source: ecologits 0.11.3 `impacts/llm.py`
-# (BATCH_SIZE); methodology.md §3.
-DEFAULT_BATCH_SIZE = 64
-
-# Non-GPU server power while serving: 1.2 kW per 8-GPU server (EcoLogits, from BoaviztAPI for
-# AWS p5.48xlarge), i.e. 150 W per GPU. Source: ecologits 0.11.3 `impacts/llm.py`
-# (SERVER_POWER, SERVER_GPUS); methodology.md §4.
-DEFAULT_SERVER_POWER_W_PER_GPU = 150.0
-
-CATALOG_SOURCE = "ecologits-0.11.3:models.json"
-
 
 class UnknownModel(MeterError):
     """Neither the upstream's hardware settings nor EcoLogits' catalogue give the model's
     parameter count, so its energy cannot be estimated."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """What the estimator needs to know about a model."""
-
-    name: str
-    active_params_b: float
-    total_params_b: float
-    tokens_per_s: float | None = None  # the provider's measured output speed, when known
-    ttft_s: float | None = None  # the provider's measured time to first token, when known
-    source: str = ""
 
 
 # ---- the pure formulas ------------------------------------------------------------------
@@ -166,73 +144,6 @@ def _check_batch(batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive: {batch_size}")
 
 
-# ---- the model catalogue ----------------------------------------------------------------
-
-
-class ModelCatalog:
-    """Parameter counts of known models, looked up leniently by name: case does not matter,
-    and an organisation or provider prefix (`openai/`, `meta-llama/`) may be present or not."""
-
-    def __init__(self, specs: Iterable[ModelSpec]) -> None:
-        self._by_key: dict[str, ModelSpec] = {}
-        for spec in specs:
-            for key in _keys_for(spec.name):
-                self._by_key.setdefault(key, spec)
-
-    @classmethod
-    def from_ecologits(cls) -> ModelCatalog:
-        """The catalogue shipped with the `ecologits` package (`data/models.json`). A parameter
-        count published as a range is taken at its midpoint."""
-        from ecologits.model_repository import ParametersMoE, models
-
-        specs: list[ModelSpec] = []
-        for model in models.list_models():
-            params = model.architecture.parameters
-            if isinstance(params, ParametersMoE):
-                total, active = _midpoint(params.total), _midpoint(params.active)
-            else:
-                total = active = _midpoint(params)
-            deployment = model.deployment
-            specs.append(
-                ModelSpec(
-                    name=model.name,
-                    active_params_b=active,
-                    total_params_b=total,
-                    tokens_per_s=deployment.tps if deployment else None,
-                    ttft_s=deployment.ttft if deployment else None,
-                    source=f"{CATALOG_SOURCE}:{model.provider.value}/{model.name}",
-                )
-            )
-        return cls(specs)
-
-    def lookup(self, model: str) -> ModelSpec | None:
-        """The spec of `model`, or None when the catalogue does not know it."""
-        for key in _keys_for(model):
-            spec = self._by_key.get(key)
-            if spec is not None:
-                return spec
-        return None
-
-
-def _midpoint(value: Any) -> float:
-    if hasattr(value, "min") and hasattr(value, "max"):
-        return (float(value.min) + float(value.max)) / 2.0
-    return float(value)
-
-
-def _keys_for(name: str) -> list[str]:
-    """The names a model may be asked for by: as given, without its prefix, and (for Meta's
-    models, renamed on Hugging Face) without the `meta-` of `Meta-Llama-…`."""
-    full = name.strip().lower()
-    keys = [full]
-    base = full.rsplit("/", 1)[-1]
-    if base not in keys:
-        keys.append(base)
-    if base.startswith("meta-llama-"):
-        keys.append(base.removeprefix("meta-"))
-    return keys
-
-
 # ---- the estimator ----------------------------------------------------------------------
 
 
@@ -241,7 +152,12 @@ class Estimator:
 
     With a calibration for (model, accelerator) in `calibrations`, GPU energy comes from that
     fit (basis `calibrated:<model>@<accelerator>`); otherwise from EcoLogits' regression (basis
-    `ecologits`). Parameter counts come from `hardware` or, when it has none, from the catalogue.
+    `ecologits`). Parameter counts come from `hardware` or, when it has none, from the catalogue
+    (with the provider's measured speed where it has one). The GPU count divides the model's
+    memory by the accelerator's (`constants.ACCELERATORS`, or `accelerator_memory_gb`).
+
+    Serve mode (every upstream) and `footprint estimate` (`offline_footprint`) both estimate
+    through `estimate`, then `compute_footprint`: one code path.
     """
 
     def __init__(
@@ -251,7 +167,7 @@ class Estimator:
         batch_size: int = DEFAULT_BATCH_SIZE,
         server_power_w_per_gpu: float = DEFAULT_SERVER_POWER_W_PER_GPU,
         calibrations: Calibrations | None = None,
-        accelerator_memory_gb: float = DEFAULT_ACCELERATOR_MEMORY_GB,
+        accelerator_memory_gb: float | None = None,
         catalog: ModelCatalog | None = None,
     ) -> None:
         _check_batch(batch_size)
@@ -259,6 +175,10 @@ class Estimator:
             raise ValueError("server_power_w_per_gpu cannot be negative")
         if hardware.gpus <= 0:
             raise ValueError("hardware.gpus must be positive")
+        if accelerator_memory_gb is None:
+            accelerator_memory_gb = accelerator(hardware.accelerator).memory_gb
+        if accelerator_memory_gb <= 0:
+            raise ValueError("accelerator_memory_gb must be positive")
         self.hardware = hardware
         self.batch_size = batch_size
         self.server_power_w_per_gpu = server_power_w_per_gpu
@@ -282,8 +202,10 @@ class Estimator:
     ) -> Measurement:
         """The estimated energy of one request (`latency_s` may be `math.inf` when unknown).
 
-        Raises `UnknownModel` when neither the hardware settings, the catalogue nor a
-        calibration can say what the model costs."""
+        For a model whose size is a published range, the measurement's `bounds` are the
+        estimates at the range's low and high ends and its figures their mean (EcoLogits'
+        central value). Raises `UnknownModel` when neither the hardware settings, the catalogue
+        nor a calibration can say what the model costs."""
         if prompt_tokens < 0 or output_tokens < 0:
             raise ValueError("token counts cannot be negative")
         if math.isnan(latency_s) or latency_s < 0:
@@ -301,40 +223,89 @@ class Estimator:
                 "active_params_b, and total_params_b for a mixture of experts; or "
                 "`footprint estimate --params-b`)"
             )
-        if spec is not None:
-            gpus = gpu_count(spec.total_params_b, self.accelerator_memory_gb)
-            generation_s = generation_time_s(
-                spec.active_params_b,
-                output_tokens,
-                self.batch_size,
-                latency_s,
-                tokens_per_s=spec.tokens_per_s,
-                ttft_s=spec.ttft_s,
-            )
-        else:
-            # Calibrated but of unknown size: the configured GPUs, busy for the whole request.
-            gpus = self.hardware.gpus
-            generation_s = latency_s if math.isfinite(latency_s) else 0.0
+        duration_s = latency_s if math.isfinite(latency_s) else None
         if calibration is not None:
-            gpu_energy_j = calibration.gpu_energy_j(prompt_tokens, output_tokens)
-            basis = calibration.name
-        else:
-            assert spec is not None
-            per_token_j = energy_per_output_token_j(spec.active_params_b, self.batch_size)
-            gpu_energy_j = output_tokens * per_token_j * gpus
-            basis = "ecologits"
-        server_energy_j = estimate_server_energy_j(
-            generation_s, gpus, self.batch_size, self.server_power_w_per_gpu
+            # A fit of this upstream's own measurements: one figure, no range.
+            if spec is not None:
+                gpus = gpu_count(spec.total_params_b, self.accelerator_memory_gb)
+                generation_s = self._generation_s(spec, output_tokens, latency_s)
+            else:
+                # Of unknown size: the configured GPUs, busy for the whole request.
+                gpus = self.hardware.gpus
+                generation_s = duration_s or 0.0
+            return self._measurement(
+                calibration.gpu_energy_j(prompt_tokens, output_tokens),
+                gpus,
+                generation_s,
+                calibration.name,
+                duration_s,
+            )
+        assert spec is not None
+        if not spec.ranged:
+            return self._ecologits(spec, output_tokens, latency_s, duration_s)
+        low, high = (
+            self._ecologits(spec.bound(end), output_tokens, latency_s, duration_s) for end in (0, 1)
         )
-        hardware_s = generation_s / self.batch_size * gpus / self.hardware.gpus
+        return _mean(low, high)
+
+    def _ecologits(
+        self, spec: ModelSpec, output_tokens: int, latency_s: float, duration_s: float | None
+    ) -> Measurement:
+        gpus = gpu_count(spec.total_params_b, self.accelerator_memory_gb)
+        per_token_j = energy_per_output_token_j(spec.active_params_b, self.batch_size)
+        generation_s = self._generation_s(spec, output_tokens, latency_s)
+        return self._measurement(
+            output_tokens * per_token_j * gpus, gpus, generation_s, "ecologits", duration_s
+        )
+
+    def _generation_s(self, spec: ModelSpec, output_tokens: int, latency_s: float) -> float:
+        return generation_time_s(
+            spec.active_params_b,
+            output_tokens,
+            self.batch_size,
+            latency_s,
+            tokens_per_s=spec.tokens_per_s,
+            ttft_s=spec.ttft_s,
+        )
+
+    def _measurement(
+        self,
+        gpu_energy_j: float,
+        gpus: int,
+        generation_s: float,
+        basis: str,
+        duration_s: float | None,
+    ) -> Measurement:
+        # The request holds its 1/B share of the model's GPUs (and their server) for ΔT.
         return Measurement(
             gpu_energy_j=gpu_energy_j,
-            server_energy_j=server_energy_j,
-            hardware_s=hardware_s,
+            server_energy_j=estimate_server_energy_j(
+                generation_s, gpus, self.batch_size, self.server_power_w_per_gpu
+            ),
+            hardware_s=generation_s / self.batch_size,
             method="estimated",
             basis=basis,
-            duration_s=latency_s if math.isfinite(latency_s) else generation_s,
+            duration_s=duration_s if duration_s is not None else generation_s,
+            gpus=gpus,
         )
+
+
+def _mean(low: Measurement, high: Measurement) -> Measurement:
+    """The central measurement of a range: every figure the mean of the two ends'. Embodied
+    carbon is linear in GPU-seconds (hardware_s · gpus), so where the ends need different GPU
+    counts the mean GPU-seconds are expressed over the high end's GPUs."""
+    assert low.gpus is not None and high.gpus is not None
+    gpu_seconds = (low.hardware_s * low.gpus + high.hardware_s * high.gpus) / 2.0
+    return Measurement(
+        gpu_energy_j=(low.gpu_energy_j + high.gpu_energy_j) / 2.0,
+        server_energy_j=(low.server_energy_j + high.server_energy_j) / 2.0,
+        hardware_s=gpu_seconds / high.gpus,
+        method=high.method,
+        basis=high.basis,
+        duration_s=max(low.duration_s, high.duration_s),
+        gpus=high.gpus,
+        bounds=(low, high),
+    )
 
 
 # ---- offline ------------------------------------------------------------------------------
@@ -347,48 +318,82 @@ def offline_footprint(
     output_tokens: int,
     zone: str,
     *,
-    pue: float = 1.2,
-    wue_l_per_kwh: float = 0.569,
-    accelerator: str = "H100-SXM",
+    pue: float = DEFAULT_PUE,
+    wue_l_per_kwh: float = DEFAULT_WUE_L_PER_KWH,
+    accelerator: str = DEFAULT_ACCELERATOR,
     latency_s: float | None = None,
+    server_power_w_per_gpu: float = DEFAULT_SERVER_POWER_W_PER_GPU,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     table: IntensityTable | None = None,
     catalog: ModelCatalog | None = None,
 ) -> dict[str, object]:
     """The footprint object of `contract.md` for one hypothetical request, computed offline
-    with the estimator and the shipped intensity table (`footprint estimate`).
+    with the shipped intensity table (`footprint estimate`).
 
+    The estimator is built exactly as serve mode builds an upstream's (an `Estimator` over
+    `Hardware(accelerator, gpus=1, params)`), so the figure is the one the proxy would give
+    for the same request: the catalogue's speed data and parameter ranges are kept.
     `params_b` sets the model's parameter count (dense); None looks the model up in EcoLogits'
-    catalogue. Defaults: PUE 1.2 and on-site WUE 0.569 L/kWh, EcoLogits' values for
-    OpenAI/Azure (ecologits 0.11.3 `tracers/utils.py`; methodology §4 and §6)."""
+    catalogue. Raises `ValueError` for an impossible input, `MeterError` for an unknown model
+    or zone."""
+    _check_offline_inputs(input_tokens, output_tokens, pue, wue_l_per_kwh, params_b, latency_s)
     table = table if table is not None else IntensityTable.shipped()
     catalog = catalog if catalog is not None else ModelCatalog.from_ecologits()
     intensity = table.lookup(zone)
     hardware = Hardware(accelerator=accelerator, active_params_b=params_b, total_params_b=params_b)
-    estimator = Estimator(hardware, catalog=catalog)
-    spec = estimator.model_spec(model)
-    if spec is not None:
-        hardware = Hardware(
-            accelerator=accelerator,
-            gpus=gpu_count(spec.total_params_b),
-            active_params_b=spec.active_params_b,
-            total_params_b=spec.total_params_b,
-        )
-        estimator = Estimator(hardware, catalog=catalog)
+    estimator = Estimator(
+        hardware,
+        batch_size=batch_size,
+        server_power_w_per_gpu=server_power_w_per_gpu,
+        catalog=catalog,
+    )
     measurement = estimator.estimate(
         model, input_tokens, output_tokens, math.inf if latency_s is None else latency_s
     )
+    spec = estimator.model_spec(model)
+    assert spec is not None  # estimate() raised UnknownModel otherwise
     site = SiteFactors(zone=zone, pue=pue, wue_l_per_kwh=wue_l_per_kwh)
     footprint = compute_footprint(measurement, site, hardware, intensity)
     record = footprint_record(footprint, None, input_tokens, output_tokens)
-    assert spec is not None
     record.update(
         {
             "model": model,
             "basis": footprint.basis,
             "active_params_b": spec.active_params_b,
             "total_params_b": spec.total_params_b,
-            "gpus": hardware.gpus,
-            "intensity_source": footprint.intensity_source,
+            "gpus": footprint.gpus,
+            "intensity_detail": footprint.intensity_detail,
+            "intensity_at": footprint.intensity_at,
+            "methodology_version": footprint.methodology_version,
+            "catalog": spec.source,
         }
     )
+    if spec.tokens_per_s is not None:
+        record["tokens_per_s"] = spec.tokens_per_s
+    if spec.ttft_s is not None:
+        record["ttft_s"] = spec.ttft_s
+    if measurement.bounds is not None:
+        record["active_params_b_range"] = list(spec.active_range_b or (spec.active_params_b,) * 2)
+        record["total_params_b_range"] = list(spec.total_range_b or (spec.total_params_b,) * 2)
+        record["gpus_range"] = [bound.gpus for bound in measurement.bounds]
     return record
+
+
+def _check_offline_inputs(
+    input_tokens: int,
+    output_tokens: int,
+    pue: float,
+    wue_l_per_kwh: float,
+    params_b: float | None,
+    latency_s: float | None,
+) -> None:
+    if input_tokens < 0 or output_tokens < 0:
+        raise ValueError("token counts cannot be negative")
+    if not (math.isfinite(pue) and pue >= 1.0):
+        raise ValueError(f"pue must be at least 1 (facility energy over IT energy): {pue}")
+    if not (math.isfinite(wue_l_per_kwh) and wue_l_per_kwh >= 0):
+        raise ValueError(f"wue_l_per_kwh cannot be negative: {wue_l_per_kwh}")
+    if params_b is not None and not (math.isfinite(params_b) and params_b > 0):
+        raise ValueError(f"params_b must be positive: {params_b}")
+    if latency_s is not None and not (math.isfinite(latency_s) and latency_s >= 0):
+        raise ValueError(f"latency_s cannot be negative: {latency_s}")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import difflib
 import io
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ from typing import Protocol
 
 import httpx
 
-from meters.types import Intensity, MeterError
+from meters.constants import INTENSITY_DATA_YEAR
+from meters.types import FactorSource, Intensity, MeterError
 
 __all__ = [
     "TABLE_LABEL",
@@ -39,10 +42,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# What the shipped table's figures say they are: ecologits 0.11.3's electricity mixes (Ember /
-# Our World in Data yearly intensities, CC-BY; WRI water factors). See zones.csv's source column.
-TABLE_LABEL = "table:ecologits-0.11.3"
+# What the shipped table's figures say they are when its rows do not say: EcoLogits' electricity
+# mixes (Our World in Data yearly intensities, CC-BY; WRI water factors). The shipped table's
+# label is read from its own source column (`ecologits-<version> …`, the release it was built
+# from by build_zones.py), not from whichever ecologits is installed.
+TABLE_LABEL = "table:ecologits"
 WORLD_ZONE = "WORLD"
+# Zone ids people write that Electricity Maps spells otherwise (ISO 3166-1 has GB, not UK).
+_ZONE_ALIASES = {"UK": "GB", "EN": "GB", "EL": "GR"}
+# A row's source names the ISO alpha-3 code it was built from ("…electricity_mixes.json KOR: …").
+_ALPHA3_IN_SOURCE = re.compile(r"electricity_mixes\.json ([A-Z]{3}):")
+# zones.csv's note on a row whose water factor is EcoLogits' world average (build_zones.py).
+WORLD_WATER_NOTE = "EWIF world average"
 
 
 class UnknownZone(MeterError, LookupError):
@@ -58,16 +69,24 @@ class ZoneRow:
     ewif_l_per_kwh: float
     source: str
 
+    @property
+    def world_water(self) -> bool:
+        """Whether this zone's water factor is the world average (no figure of its own)."""
+        return WORLD_WATER_NOTE in self.source and self.zone != WORLD_ZONE
+
 
 class IntensityTable:
-    """Yearly grid factors per zone. Immutable once built."""
+    """Yearly grid factors per zone (data year `year`). Immutable once built."""
 
-    def __init__(self, rows: Iterable[ZoneRow], label: str = TABLE_LABEL) -> None:
+    def __init__(
+        self, rows: Iterable[ZoneRow], label: str = TABLE_LABEL, year: str = INTENSITY_DATA_YEAR
+    ) -> None:
         self._rows = {row.zone.upper(): row for row in rows}
         self.label = label
+        self.year = year
 
     @classmethod
-    def from_csv(cls, text: str, label: str = TABLE_LABEL) -> IntensityTable:
+    def from_csv(cls, text: str, label: str | None = None) -> IntensityTable:
         """A table from CSV text with columns zone, gco2e_per_kwh, ewif_l_per_kwh, source."""
         rows = []
         for line in csv.DictReader(io.StringIO(text)):
@@ -80,6 +99,10 @@ class IntensityTable:
             if not row.source or not (row.gco2e_per_kwh >= 0 and row.ewif_l_per_kwh >= 0):
                 raise ValueError(f"zones table: bad row for {row.zone!r}")
             rows.append(row)
+        if label is None:
+            # "ecologits-0.11.3 data/electricity_mixes.json …" → "table:ecologits-0.11.3"
+            first = rows[0].source.split()[0] if rows and rows[0].source.strip() else ""
+            label = f"table:{first}" if first.startswith("ecologits-") else TABLE_LABEL
         return cls(rows, label)
 
     @classmethod
@@ -92,6 +115,30 @@ class IntensityTable:
         """Every zone the table has, sorted."""
         return sorted(self._rows)
 
+    def nearest_zones(self, zone: str, limit: int = 3) -> list[str]:
+        """Known zone ids a user may have meant by `zone`, best first (for error messages):
+        the zone of an ISO alpha-3 code (`KOR` → `KR`) or a common alias (`UK` → `GB`), then
+        the closest spellings. Empty when nothing is close."""
+        wanted = zone.strip().upper()
+        found: list[str] = []
+        alias = _ZONE_ALIASES.get(wanted)
+        if alias in self._rows:
+            found.append(alias)
+        for row in self._rows.values():
+            match = _ALPHA3_IN_SOURCE.search(row.source)
+            if match is not None and match.group(1) == wanted:
+                found.append(row.zone)
+        matcher = difflib.SequenceMatcher(b=wanted)
+        scored = []
+        for known in self._rows:
+            matcher.set_seq1(known)
+            ratio = matcher.ratio()
+            if ratio >= 0.5 and known not in found:
+                other_start = known[:1] != wanted[:1]
+                scored.append((-ratio, other_start, known))  # closest, then same start, then A-Z
+        found.extend(known for _, _, known in sorted(scored))
+        return found[:limit]
+
     def row(self, zone: str) -> ZoneRow:
         """The table row that serves `zone`: its own, or its country's for a sub-national zone."""
         wanted = zone.strip().upper()
@@ -100,11 +147,12 @@ class IntensityTable:
             found = self._rows.get("-".join(parts[:end]))
             if found is not None:
                 return found
+        nearest = self.nearest_zones(zone)
+        hint = f" (nearest known: {', '.join(nearest)})" if nearest else ""
         raise UnknownZone(
-            f"unknown grid zone {zone!r}: use an Electricity Maps zone id (for a country its "
-            f"ISO 3166-1 alpha-2 code, e.g. 'KR', 'DE', 'US-CAL-CISO') or 'WORLD'; the "
-            f"{len(self._rows)} zones with figures are in meters/data/zones.csv "
-            "(IntensityTable.shipped().zones())"
+            f"unknown grid zone {zone!r}{hint}: use an Electricity Maps zone id (for a country "
+            f"its ISO 3166-1 alpha-2 code, e.g. 'KR', 'DE', 'US-CAL-CISO') or 'WORLD'; the "
+            f"{len(self._rows)} zones with figures are in meters/data/zones.csv"
         )
 
     def lookup(self, zone: str, *, note: str | None = None) -> Intensity:
@@ -123,7 +171,22 @@ class IntensityTable:
             gco2e_per_kwh=row.gco2e_per_kwh,
             ewif_l_per_kwh=row.ewif_l_per_kwh,
             source=source,
+            intensity_source=self.intensity_kind(zone),
+            water_source=self.water_kind(zone),
+            observed_at=self.year,
         )
+
+    def intensity_kind(self, zone: str) -> FactorSource:
+        """`table`, or `table:country` when a sub-national zone takes its country's row."""
+        return "table" if self.row(zone).zone == zone.strip().upper() else "table:country"
+
+    def water_kind(self, zone: str) -> FactorSource:
+        """`table`, `table:country` (the country's row) or `table:world` (the zone's water
+        factor is the world average: 164 of the shipped zones)."""
+        row = self.row(zone)
+        if row.world_water:
+            return "table:world"
+        return "table" if row.zone == zone.strip().upper() else "table:country"
 
 
 class GridIntensity(Protocol):
@@ -211,7 +274,7 @@ class ElectricityMapsProvider:
     async def _refresh(self, zone: str) -> Intensity:
         try:
             async with asyncio.timeout(self._timeout_s):
-                gco2e_per_kwh, detail = await self._fetch(zone)
+                gco2e_per_kwh, detail, observed_at = await self._fetch(zone)
         except (TimeoutError, httpx.TimeoutException):
             reason = "timeout"
         except httpx.HTTPError as exc:
@@ -224,6 +287,9 @@ class ElectricityMapsProvider:
                 gco2e_per_kwh=gco2e_per_kwh,
                 ewif_l_per_kwh=self.table.row(zone).ewif_l_per_kwh,
                 source=f"electricitymaps ({detail})",
+                intensity_source="live",
+                water_source=self.table.water_kind(zone),
+                observed_at=observed_at,
             )
             self._cache[zone] = (self._clock() + self._ttl_s, live)
             return live
@@ -232,7 +298,7 @@ class ElectricityMapsProvider:
         self._cache[zone] = (self._clock() + self._retry_after_error_s, fallback)
         return fallback
 
-    async def _fetch(self, zone: str) -> tuple[float, str]:
+    async def _fetch(self, zone: str) -> tuple[float, str, str]:
         response = await self._client.get("/carbon-intensity/latest", params={"zone": zone})
         if not response.is_success:
             raise _BadAnswer(f"HTTP {response.status_code}")
@@ -252,7 +318,12 @@ class ElectricityMapsProvider:
         details = [str(body.get(k)) for k in ("emissionFactorType", "datetime") if body.get(k)]
         if body.get("isEstimated") is True:
             details.append("estimated")
-        return float(value), ", ".join(details) or "latest"
+        observed_at = body.get("datetime")
+        return (
+            float(value),
+            ", ".join(details) or "latest",
+            observed_at if isinstance(observed_at, str) else "",
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

@@ -8,7 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from meters.constants import DEFAULT_ACCELERATOR, DEFAULT_PUE, DEFAULT_WUE_L_PER_KWH
+
 Method = Literal["measured", "estimated"]
+# Where a figure's grid intensity or water factor came from (contract.md, second wave): the live
+# provider, the shipped table for the zone itself, its country's row (a sub-national zone the
+# table lacks), or the world average (the table has no figure of its own for the zone).
+FactorSource = Literal["live", "table", "table:country", "table:world"]
 
 
 class MeterError(Exception):
@@ -19,7 +25,7 @@ class MeterError(Exception):
 class Hardware:
     """What an upstream runs on; the estimator and embodied carbon need it."""
 
-    accelerator: str = "H100-SXM"
+    accelerator: str = DEFAULT_ACCELERATOR
     gpus: int = 1
     active_params_b: float | None = None
     total_params_b: float | None = None
@@ -30,18 +36,26 @@ class SiteFactors:
     """Where an upstream's electricity and water come from."""
 
     zone: str = "WORLD"
-    pue: float = 1.2
-    wue_l_per_kwh: float = 0.569
+    pue: float = DEFAULT_PUE
+    wue_l_per_kwh: float = DEFAULT_WUE_L_PER_KWH
 
 
 @dataclass(frozen=True, slots=True)
 class Intensity:
-    """Grid factors used for one figure, and where they came from."""
+    """Grid factors used for one figure, and where they came from.
+
+    `source` is the detail (which table or provider, and any note such as why a live value is
+    missing); `intensity_source` / `water_source` say in one word which kind of figure each
+    factor is; `observed_at` is the intensity's own time: the live provider's timestamp, or
+    the table's data year."""
 
     zone: str
     gco2e_per_kwh: float
     ewif_l_per_kwh: float
-    source: str  # e.g. "table:ember-2024", "electricitymaps", "table (electricitymaps failed: …)"
+    source: str  # e.g. "table:ecologits-0.11.3", "electricitymaps (…)", "table:… (… unavailable)"
+    intensity_source: FactorSource = "table"
+    water_source: FactorSource = "table"
+    observed_at: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +64,10 @@ class Measurement:
 
     `server_energy_j` is the non-GPU server share (CPU, memory, fans) over the same time.
     `hardware_s` is the request's share of hardware occupancy in seconds (its fraction of each
-    tick's weight times the tick's duration), from which embodied carbon follows.
+    tick's weight times the tick's duration), from which embodied carbon follows; `gpus` is how
+    many GPUs that occupancy is of (None: the upstream's configured `Hardware.gpus`).
+    `bounds` holds the low and the high measurement where the inputs are a range (EcoLogits'
+    parameter ranges); the central figures above are then their mean, as EcoLogits reports.
     """
 
     gpu_energy_j: float
@@ -59,6 +76,8 @@ class Measurement:
     method: Method
     basis: str  # "nvml", "prometheus", "ecologits", "calibrated:<model>@<accelerator>", …
     duration_s: float = 0.0
+    gpus: int | None = None
+    bounds: tuple[Measurement, Measurement] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +93,22 @@ class Footprint:
     zone: str
     grid_gco2e_per_kwh: float
     pue: float
-    intensity_source: str = ""
+    intensity_source: FactorSource | str = ""
     basis: str = ""
     extras: dict[str, object] = field(default_factory=dict)
+    # Second wave (issue 13): where the water factor came from, the intensity's detail and own
+    # time, the low/high figures of a ranged estimate, the methodology version, and the inputs
+    # the figures were computed from (so a stored row can be recomputed and audited).
+    water_source: FactorSource | str = ""
+    intensity_detail: str = ""
+    intensity_at: str = ""
+    ranges: dict[str, tuple[float, float]] | None = None
+    methodology_version: str = ""
+    server_energy_j: float = 0.0
+    hardware_s: float = 0.0
+    gpus: int = 0
+    wue_l_per_kwh: float = 0.0
+    ewif_l_per_kwh: float = 0.0
 
 
 class RequestTrack(Protocol):

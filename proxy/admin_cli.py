@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from proxy.config import load_settings
+from meters.numbers import format_decimal
+from proxy.config import Settings, load_settings
 
 NUMBER_COLUMNS = ("requests", "tokens", "energy_j", "co2e_g", "water_ml")
 
@@ -73,7 +74,14 @@ def register_admin_commands(subparsers: Any) -> None:
     report.add_argument("--team")
     report.add_argument("--idle", choices=["report", "spread"])
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute every row's figures from its stored inputs and list the rows that "
+        "changed, and why (reads the ledger of --config directly)",
+    )
     _common(report, _report)
+    report.set_defaults(func=_report_or_recompute)
 
 
 def _common(parser: argparse.ArgumentParser, action: Callable[..., int]) -> None:
@@ -84,8 +92,12 @@ def _common(parser: argparse.ArgumentParser, action: Callable[..., int]) -> None
 
 def _run(action: Callable[..., int], args: argparse.Namespace) -> int:
     try:
-        with admin_client(args) as client:
-            return action(client, args)
+        settings = load_settings(args.config)
+        with admin_client(args, settings=settings) as client:
+            try:
+                return action(client, args)
+            except Refused as refused:
+                raise CliError(why_refused(refused, settings.server.admin_key_env)) from None
     except CliError as error:
         print(f"footprint: {error}", file=sys.stderr)
         return 1
@@ -94,27 +106,59 @@ def _run(action: Callable[..., int], args: argparse.Namespace) -> int:
         return 1
 
 
-def admin_client(
-    args: argparse.Namespace,
-    environ: Mapping[str, str] | None = None,
-    transport: httpx.BaseTransport | None = None,
-) -> httpx.Client:
-    environ = os.environ if environ is None else environ
-    settings = load_settings(args.config, environ=environ)
-    url = args.url or environ.get("FOOTPRINT_URL")
+def proxy_url(settings: Settings, url: str | None, environ: Mapping[str, str]) -> str:
+    """Where the proxy answers: `url`, else $FOOTPRINT_URL, else the config's host and port
+    (a wildcard host is reached on 127.0.0.1)."""
+    url = url or environ.get("FOOTPRINT_URL")
     if not url:
         host = settings.server.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         url = f"http://{host}:{settings.server.port}"
+    return url.rstrip("/")
+
+
+def admin_client(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+    settings: Settings | None = None,
+) -> httpx.Client:
+    environ = os.environ if environ is None else environ
+    if settings is None:
+        settings = load_settings(args.config, environ=environ)
+    url = proxy_url(settings, args.url, environ)
+    # No key, no header: a proxy with auth "none" answers `report` (its team "default"); one
+    # that wants a key answers 401, and why_refused says which variable to set.
     key = environ.get(settings.server.admin_key_env, "")
-    if not key:
-        raise CliError(f"set {settings.server.admin_key_env} to the proxy's admin key")
     return httpx.Client(
         base_url=url.rstrip("/"),
-        headers={"authorization": f"Bearer {key}"},
+        headers={"authorization": f"Bearer {key}"} if key else {},
         timeout=30.0,
         transport=transport,
     )
+
+
+class Refused(CliError):
+    """The proxy answered 401: the key is missing, wrong, or the admin API is off."""
+
+    def __init__(self, message: str, *, url: str, sent_key: bool) -> None:
+        super().__init__(message)
+        self.message, self.url, self.sent_key = message, url, sent_key
+
+
+def why_refused(refused: Refused, key_env: str) -> str:
+    """One line that says what to set, for a 401 from the proxy at `refused.url`."""
+    if "admin API is off" in refused.message:
+        return (
+            f"the proxy at {refused.url} has no admin key, so its admin API is off: start it "
+            f"with {key_env} set (server.admin_key_env), then set the same value here"
+        )
+    if not refused.sent_key:
+        return (
+            f'the proxy at {refused.url} wants a key (server.auth = "keys"): set {key_env} '
+            "to the value it was started with"
+        )
+    return f"the proxy at {refused.url} refused the key in {key_env}: {refused.message}"
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -124,6 +168,9 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
+        if response.status_code == 401:
+            sent_key = "authorization" in response.request.headers
+            raise Refused(message, url=str(client.base_url).rstrip("/"), sent_key=sent_key)
         raise CliError(f"{response.status_code}: {message}")
     return response
 
@@ -207,6 +254,58 @@ def month_window(month: str) -> tuple[str, str]:
     return start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
 
 
+def _report_or_recompute(args: argparse.Namespace) -> int:
+    if not args.recompute:
+        return _run(_report, args)
+    try:
+        return _recompute(args)
+    except CliError as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 2
+
+
+def _moment(text: str | None, flag: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{flag} must be an ISO date or date-time, not {text!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _recompute(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.ledger import open_ledger
+    from proxy.recompute import recompute_rows
+
+    settings = load_settings(args.config)
+    start, end = args.start, args.end
+    if args.month:
+        start, end = month_window(args.month)
+    since, until = _moment(start, "--from"), _moment(end, "--to")
+
+    async def read() -> list[dict[str, Any]]:
+        ledger = await open_ledger(settings.ledger)
+        try:
+            return await ledger.request_rows(since, until, args.team)
+        finally:
+            await ledger.aclose()
+
+    count, changes = recompute_rows(asyncio.run(read()))
+    for change in changes:
+        moved = "; ".join(
+            f"{name} {_num(stored)} → {_num(now)}" for name, (stored, now) in change.changed.items()
+        )
+        print(f"{change.request_id}: {change.reason}" + (f": {moved}" if moved else ""))
+    print(
+        f"{count} row(s) recomputed from their stored inputs: {count - len(changes)} the same, "
+        f"{len(changes)} changed"
+    )
+    return 1 if changes else 0
+
+
 def _report(client: httpx.Client, args: argparse.Namespace) -> int:
     params: dict[str, str] = {"group_by": args.group_by}
     start, end = args.start, args.end
@@ -240,8 +339,7 @@ def _report(client: httpx.Client, args: argparse.Namespace) -> int:
 
 def _num(value: Any) -> str:
     if isinstance(value, float):
-        text = f"{value:.6f}".rstrip("0").rstrip(".")
-        return "0" if text in ("", "-0") else text
+        return format_decimal(value)
     return str(value)
 
 

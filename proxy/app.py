@@ -39,7 +39,9 @@ from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import Relay
 from proxy.routes import health, openai, openapi
 from proxy.routes.admin import admin_router
+from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
+from proxy.routes.footprint_views import views_router
 from proxy.services import Services
 from proxy.upstreams import Upstream, UpstreamRouter, build_client
 
@@ -55,18 +57,26 @@ def build_upstream(
     nvml: ModuleType | None = None,
     meter_transport: httpx.BaseTransport | None = None,
 ) -> Upstream:
+    metering = settings.metering
+    server_w_per_gpu = upstream.hardware.server_w_per_gpu
+    if server_w_per_gpu is None:
+        server_w_per_gpu = metering.server_power_w_per_gpu
     hardware = Hardware(
         accelerator=upstream.hardware.accelerator,
-        gpus=upstream.hardware.gpus,
+        # Measured figures occupy the metered GPUs (their server share is counted over them), so
+        # embodied carbon counts those; the estimator says its own count per measurement.
+        gpus=len(upstream.meter.gpus)
+        if upstream.meter.kind != "estimate"
+        else upstream.hardware.gpus,
         active_params_b=upstream.hardware.active_params_b,
         total_params_b=upstream.hardware.total_params_b,
     )
-    metering = settings.metering
     estimator = Estimator(
         hardware,
         batch_size=metering.batch_size,
-        server_power_w_per_gpu=metering.server_power_w_per_gpu,
+        server_power_w_per_gpu=server_w_per_gpu,
         calibrations=calibrations,
+        accelerator_memory_gb=upstream.hardware.memory_gb(),
     )
 
     def observe(model: str, prompt_tokens: int, output_tokens: int, gpu_energy_j: float) -> None:
@@ -81,7 +91,7 @@ def build_upstream(
         url=upstream.meter.url,
         tick_s=metering.tick_s,
         alpha=metering.alpha,
-        server_power_w_per_gpu=metering.server_power_w_per_gpu,
+        server_power_w_per_gpu=server_w_per_gpu,
         fallback=estimator.estimate,
         observe=observe,
         nvml=nvml,
@@ -219,6 +229,8 @@ def create_app(
     app.include_router(openapi.router)
     app.include_router(admin_router)
     app.include_router(footprint_router)
+    app.include_router(views_router)
+    app.include_router(dashboard_router)
     if telemetry is not False:
         from proxy.telemetry import metrics_router
 

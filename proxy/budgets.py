@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from meters.numbers import format_decimal
 from proxy.config import BudgetSettings
 from proxy.errors import BudgetExceeded, InvalidRequest, ServiceUnavailable
 
@@ -105,9 +106,9 @@ class BudgetStore(Protocol):
 
 
 def plain_decimal(value: float) -> str:
-    """A number as contract.md wants it in headers: plain decimal, no exponent."""
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
+    """A number as contract.md wants it in headers: the one formatter every header, body and
+    CSV uses (`meters.numbers.format_decimal`: plain decimal, 6 significant digits)."""
+    return format_decimal(value)
 
 
 def header_metric(metric: str) -> str:

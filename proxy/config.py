@@ -17,7 +17,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from meters.constants import (
+    DEFAULT_ACCELERATOR,
+    DEFAULT_PUE,
+    DEFAULT_SERVER_POWER_W_PER_GPU,
+    DEFAULT_WUE_L_PER_KWH,
+    UnknownAccelerator,
+    accelerator,
+)
+from meters.intensity import IntensityTable, UnknownZone
 
 ENV_PREFIX = "FOOTPRINT_"
 
@@ -134,9 +152,9 @@ class MeteringSettings(_Section):
     # Cost of a prompt token against an output token (methodology §2); an assumption until
     # measured on a GPU.
     alpha: Annotated[float, Field(ge=0)] = 0.1
-    # Non-GPU server power per GPU while serving: 1.2 kW per 8-GPU server (EcoLogits, from
-    # BoaviztAPI for AWS p5.48xlarge), methodology §4.
-    server_power_w_per_gpu: Annotated[float, Field(ge=0)] = 150.0
+    # Non-GPU server power per GPU while serving, for upstreams that do not set their own
+    # ([upstreams.hardware] server_w_per_gpu). Default and source: meters.constants.
+    server_power_w_per_gpu: Annotated[float, Field(ge=0)] = DEFAULT_SERVER_POWER_W_PER_GPU
     batch_size: Annotated[int, Field(gt=0)] = 64
     idle: Literal["report", "spread"] = "report"
 
@@ -154,10 +172,32 @@ class MeterSettings(_Section):
 
 
 class HardwareSettings(_Section):
-    accelerator: str = "H100-SXM"
+    # Memory per accelerator for the estimator's GPU count; unset: the accelerator's datasheet
+    # figure (meters.constants.ACCELERATORS). Needed for an accelerator the table lacks.
+    accelerator_memory_gb: Annotated[float, Field(gt=0)] | None = None
+    accelerator: str = DEFAULT_ACCELERATOR
     gpus: Annotated[int, Field(gt=0)] = 1
     active_params_b: Annotated[float, Field(gt=0)] | None = None
     total_params_b: Annotated[float, Field(gt=0)] | None = None
+    # This host's non-GPU server power per GPU (CPU, memory, fans) while serving; unset: the
+    # [metering] default, 150 W (EcoLogits / BoaviztAPI, meters.constants).
+    server_w_per_gpu: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("accelerator_memory_gb") is None:
+            try:
+                accelerator(value)
+            except UnknownAccelerator as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    def memory_gb(self) -> float:
+        """The accelerator's memory: the configured figure, else its datasheet's."""
+        if self.accelerator_memory_gb is not None:
+            return self.accelerator_memory_gb
+        return accelerator(self.accelerator).memory_gb
 
 
 class UpstreamSettings(_Section):
@@ -166,10 +206,9 @@ class UpstreamSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["*"])
     api_key_env: str = ""
     zone: str = "WORLD"
-    pue: Annotated[float, Field(ge=1.0)] = 1.2
-    # On-site cooling water, L/kWh. Default: EcoLogits' value for OpenAI/Azure
-    # (ecologits/tracers/utils.py), methodology §6.
-    wue_l_per_kwh: Annotated[float, Field(ge=0)] = 0.569
+    # Defaults and their sources: meters.constants (EcoLogits' OpenAI/Azure figures).
+    pue: Annotated[float, Field(ge=1.0)] = DEFAULT_PUE
+    wue_l_per_kwh: Annotated[float, Field(ge=0)] = DEFAULT_WUE_L_PER_KWH
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_connections: Annotated[int, Field(gt=0)] = 256
@@ -181,9 +220,12 @@ class UpstreamSettings(_Section):
     # The most bytes an upstream's whole answer, or one event of its stream, may have; over
     # it the request is a 502 (a stream: cut with an error event).
     max_response_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
-    # Where the upstream's own tokenizer answers (llama.cpp server: /extras/tokenize), used to
-    # count prompt tokens when the upstream streams no usage.
+    # Where the upstream's own tokenizer answers, used to count prompt tokens when the upstream
+    # streams no usage: vLLM's http://host:8000/tokenize, llama.cpp's server /tokenize,
+    # llama-cpp-python's /extras/tokenize. `tokenize_format` names the request shape; `auto`
+    # tells llama-cpp-python's by its path and tries vLLM's, then llama.cpp's, for the rest.
     tokenize_url: str = ""
+    tokenize_format: Literal["auto", "vllm", "llama.cpp", "llama-cpp-python"] = "auto"
     # Send the request id on as `x-request-id`. llama-cpp-python's server answers 400 to any
     # x-request-id that is not a UUID, so turn this off in front of it.
     forward_request_id: bool = True
@@ -203,7 +245,32 @@ class UpstreamSettings(_Section):
     @field_validator("zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        return value.strip().upper() or "WORLD"
+        # A zone without figures would let requests through that can be neither metered nor
+        # recorded: refuse it at start, with the zones the user may have meant.
+        zone = value.strip().upper() or "WORLD"
+        try:
+            IntensityTable.shipped().row(zone)
+        except UnknownZone as exc:
+            raise ValueError(str(exc)) from None
+        return zone
+
+    @model_validator(mode="after")
+    def _metered_gpus_are_the_hardware(self) -> UpstreamSettings:
+        # Measured energy comes from meter.gpus; embodied carbon and the estimator fallback
+        # scale by hardware.gpus. If they disagree the figures do (8 GPUs metered, 1 embodied).
+        if self.meter.kind == "estimate":
+            return self
+        gpus = self.meter.gpus
+        repeated = sorted({g for g in gpus if gpus.count(g) > 1})
+        if repeated:
+            raise ValueError(f"meter.gpus lists GPU {repeated[0]} more than once: {gpus}")
+        if len(gpus) != self.hardware.gpus:
+            raise ValueError(
+                f"hardware.gpus = {self.hardware.gpus} but meter.gpus = {gpus} meters "
+                f"{len(gpus)} GPU(s): set hardware.gpus = {len(gpus)} or list the GPUs the "
+                "model runs on in meter.gpus"
+            )
+        return self
 
 
 class Settings(_Section):
@@ -237,7 +304,21 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             continue  # FOOTPRINT_ADMIN_KEY and other secrets are not settings
         path = name[len(ENV_PREFIX) :].lower().split("__")
         node: Any = data
-        for i, part in enumerate(path[:-1]):
+        for i, part in enumerate(path):
+            # A path through a value ("SERVER__PORT__X") or a list by name is the user's slip:
+            # one line naming the variable, not a TypeError from deep in here.
+            if not isinstance(node, dict | list) or (isinstance(node, list) and not part.isdigit()):
+                where = ".".join(path[:i]) or "(top level)"
+                raise ConfigError(
+                    f"configuration error: {name}: {where} is "
+                    + (
+                        "a list: the next part must be a number"
+                        if isinstance(node, list)
+                        else "a value, not a table"
+                    )
+                )
+            if i == len(path) - 1:
+                break
             nxt_is_index = path[i + 1].isdigit()
             if isinstance(node, list):
                 index = int(part)
@@ -262,6 +343,8 @@ def _describe(error: ValidationError) -> str:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    elif first["type"] == "value_error":
+        message = str(first.get("ctx", {}).get("error", message))  # without "Value error, "
     return f"configuration error: {key}: {message}"
 
 

@@ -19,6 +19,7 @@ class ProxyError(Exception):
     status_code = 500
     error_type = "api_error"
     code: str | None = None
+    default_headers: tuple[tuple[str, str], ...] = ()  # headers every answer of this kind has
 
     def __init__(
         self,
@@ -33,7 +34,7 @@ class ProxyError(Exception):
         self.param = param
         if code is not None:
             self.code = code
-        self.headers = dict(headers or {})
+        self.headers = {**dict(self.default_headers), **(headers or {})}
 
     def body(self) -> dict[str, object]:
         return {
@@ -117,6 +118,10 @@ class BudgetExceeded(ProxyError):
     status_code = 429
     error_type = "insufficient_quota"
     code = "footprint_budget_exceeded"
+
+    # A spent budget stays spent until its period turns: the OpenAI SDKs would retry a 429
+    # twice more unless told not to.
+    default_headers = (("x-should-retry", "false"),)
 
 
 class UpstreamUnavailable(ProxyError):

@@ -112,3 +112,15 @@ def comment_event(name: str, payload: Mapping[str, object]) -> bytes:
 
 
 DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def named_event(name: str, payload: Mapping[str, object]) -> bytes:
+    """An event with an `event:` line, as the Responses and Messages APIs write theirs."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def with_data(event: bytes, data: bytes) -> bytes:
+    """`event` (one complete event) with its data replaced by `data`; its other lines
+    (`event:`, `id:`, comments) are kept as they were, in their order."""
+    lines = [line for line in event.rstrip(b"\n").split(b"\n") if not line.startswith(b"data:")]
+    return b"".join(line + b"\n" for line in lines) + b"data: " + data + b"\n\n"

@@ -2,16 +2,17 @@
 
 llama.cpp's server (and some others) stream no `usage`. Then Footprint counts output tokens
 from the chunks it relays (one content-bearing chunk is one token on these servers) and
-prompt tokens with the upstream's own tokenizer where one is configured (`tokenize_url`,
-e.g. llama.cpp's `/extras/tokenize`); failing that, with a characters-per-token rule of
-thumb. Either way the record says the tokens were counted by Footprint.
+prompt tokens with the upstream's own tokenizer where one is configured (`tokenize_url`:
+vLLM's `/tokenize`, llama.cpp's server `/tokenize`, llama-cpp-python's `/extras/tokenize`);
+failing that, with a characters-per-token rule of thumb. Either way the record says the
+tokens were counted by Footprint.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -55,36 +56,83 @@ def approx_tokens(text: str) -> int:
     return max(1, round(len(text) / CHARS_PER_TOKEN))
 
 
-async def count_prompt_tokens(
-    client: httpx.AsyncClient, tokenize_url: str, model: str, text: str
-) -> tuple[int, str]:
-    """Prompt tokens by the upstream's tokenizer, else by rule of thumb; and which it was."""
-    if tokenize_url:
-        try:
-            response = await client.post(
-                tokenize_url, json={"input": text, "model": model}, timeout=2.0
-            )
-            tokens = orjson.loads(response.content).get("tokens")
-            if response.status_code == 200 and isinstance(tokens, list):
-                return len(tokens), "tokenizer"
-        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
-            log.warning("tokenize at %s failed (%s); approximating", tokenize_url, exc)
-    return approx_tokens(text), "approximate"
+# The longest piece of text that one token of a streamed delta is taken to be.
+_ONE_TOKEN_MAX_CHARS = 16
 
 
-def chunk_output_tokens(chunk: Mapping[str, Any]) -> int:
-    """Output tokens a streamed chunk carries: one per choice with new text."""
-    count = 0
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
+def delta_tokens(text: str) -> int:
+    """Output tokens in one streamed delta's text. Servers that stream without usage
+    (llama.cpp, Ollama) send one token per chunk: a single word piece (no whitespace after an
+    optional leading space) counts one, however long, where the rule of thumb would count a
+    six-letter piece as two. A delta of several words (a server that batches tokens into a
+    chunk) is counted by the rule of thumb."""
+    if not text:
         return 0
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
-                count += 1
-        elif choice.get("text"):
-            count += 1
-    return count
+    piece = text[1:] if text[0] == " " else text
+    if len(text) <= _ONE_TOKEN_MAX_CHARS and not any(ch.isspace() for ch in piece):
+        return 1
+    return approx_tokens(text)
+
+
+TokenizeShape = Literal["auto", "vllm", "llama.cpp", "llama-cpp-python"]
+
+
+def _request_body(shape: str, model: str, text: str) -> dict[str, str]:
+    """What each server's tokenize endpoint takes."""
+    if shape == "vllm":  # vLLM `POST /tokenize` (TokenizeCompletionRequest)
+        return {"model": model, "prompt": text}
+    if shape == "llama.cpp":  # llama.cpp's server `POST /tokenize`
+        return {"content": text}
+    return {"input": text, "model": model}  # llama-cpp-python `POST /extras/tokenize`
+
+
+def _read_count(answer: object, text: str) -> int | None:
+    """`count` (vLLM) or the length of `tokens` (all three); None for an answer that is not
+    a count: no tokens for a text that has some is llama.cpp's server given a body without
+    its `content` field."""
+    if not isinstance(answer, dict):
+        return None
+    count = answer.get("count")
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        return count
+    tokens = answer.get("tokens")
+    if not isinstance(tokens, list) or (text and not tokens):
+        return None
+    return len(tokens)
+
+
+class PromptTokenizer:
+    """Prompt tokens by an upstream's own tokenizer at `url`, else by the rule of thumb.
+
+    `shape` says which server's request shape to send; `auto` takes llama-cpp-python's for a
+    URL ending in `/extras/tokenize`, and otherwise tries vLLM's, then llama.cpp's, and keeps
+    to the first that gives a count."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, shape: TokenizeShape = "auto") -> None:
+        self._client = client
+        self._url = url
+        if shape == "auto" and url.rstrip("/").endswith("/extras/tokenize"):
+            shape = "llama-cpp-python"
+        self._shapes: tuple[str, ...] = ("vllm", "llama.cpp") if shape == "auto" else (shape,)
+
+    async def count(self, model: str, text: str) -> tuple[int, str]:
+        """(tokens, "tokenizer") or, when no tokenizer answers, (estimate, "approximate")."""
+        if self._url:
+            for shape in self._shapes:
+                counted = await self._ask(shape, model, text)
+                if counted is not None:
+                    self._shapes = (shape,)  # this server's shape, from now on
+                    return counted, "tokenizer"
+        return approx_tokens(text), "approximate"
+
+    async def _ask(self, shape: str, model: str, text: str) -> int | None:
+        try:
+            response = await self._client.post(
+                self._url, json=_request_body(shape, model, text), timeout=2.0
+            )
+            if response.status_code != 200:
+                return None
+            return _read_count(orjson.loads(response.content), text)
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            log.warning("tokenize at %s failed (%s); approximating", self._url, exc)
+            return None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL (database `test`) and Redis on 127.0.0.1 for the tests: start them when they are
-# not running, install them with apt-get when they are absent. Safe to run again and again.
+# not running, install them with apt-get when they are absent; and Debian's chromium for the
+# dashboard's browser tests. Safe to run again and again.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -41,3 +42,11 @@ if ! redis_ready; then
     redis_ready || { echo "Redis did not start" >&2; exit 1; }
 fi
 echo "== PostgreSQL and Redis are up"
+
+# Debian's Chromium for the dashboard's browser tests (Playwright drives /usr/bin/chromium;
+# no browser is downloaded).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "== installing chromium"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi

@@ -96,13 +96,17 @@ async def services_app(sqlite_url: str) -> AsyncIterator[object]:
     from proxy.errors import InvalidRequest, ProxyError
     from proxy.ledger import open_ledger
     from proxy.routes.admin import admin_router
+    from proxy.routes.dashboard import dashboard_router
     from proxy.routes.footprint import footprint_router
+    from proxy.routes.footprint_views import views_router
 
     settings = parse_settings({"ledger": {"url": sqlite_url}})
     ledger = await open_ledger(settings.ledger)
     app = FastAPI()
     app.include_router(admin_router)
     app.include_router(footprint_router)
+    app.include_router(views_router)
+    app.include_router(dashboard_router)
     app.add_exception_handler(ProxyError, lambda _r, e: e.to_response())  # type: ignore[arg-type, return-value]
     app.add_exception_handler(
         RequestValidationError,

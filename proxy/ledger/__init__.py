@@ -7,16 +7,28 @@ holds teams, keys and budgets in the same database.
 from proxy.ledger._engine import LedgerConfigError
 from proxy.ledger._health import ERROR_TYPES, LedgerUnreachable, check_reachable, unavailable
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
-from proxy.ledger._records import METRICS, PERIODS, Endpoint, LedgerRecord, as_utc, iso
+from proxy.ledger._records import (
+    METRICS,
+    PERIODS,
+    Endpoint,
+    LedgerRecord,
+    as_utc,
+    figure_columns,
+    iso,
+)
+from proxy.ledger._series import BUCKETS, ORDER_FIELDS, SERIES_KEYS
 from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
 from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
+    "BUCKETS",
     "ERROR_TYPES",
     "GROUP_KEYS",
     "METRICS",
+    "ORDER_FIELDS",
     "PERIODS",
+    "SERIES_KEYS",
     "SUM_FIELDS",
     "AlreadyExists",
     "Endpoint",
@@ -30,6 +42,7 @@ __all__ = [
     "UnknownTeam",
     "as_utc",
     "check_reachable",
+    "figure_columns",
     "iso",
     "open_ledger",
     "unavailable",

@@ -16,6 +16,7 @@ from proxy.ledger._engine import build_engine, migrate, sqlite_target
 from proxy.ledger._health import SQLiteFile, check_sqlite_start, write_marker
 from proxy.ledger._records import LedgerRecord, as_utc, row_to_json
 from proxy.ledger._schema import idle, requests
+from proxy.ledger._series import SeriesQueries
 from proxy.ledger._sqlite_writer import SQLiteBatchWriter
 from proxy.ledger._store import Store
 from proxy.ledger._usage import GROUP_KEYS, IdleInterval, aggregate, split_idle_by_day
@@ -35,7 +36,7 @@ _TRACE_SUMS = (
 )
 
 
-class Ledger(Store):
+class Ledger(Store, SeriesQueries):
     """Request records and reports over them, plus (inherited from `Store`) the teams, keys
     and budget limits kept in the same database. Build with `open_ledger`."""
 
@@ -152,6 +153,22 @@ class Ledger(Store):
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else row_to_json(row._asdict())
+
+    async def request_rows(
+        self, start: datetime | None, end: datetime | None, team: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every stored request row in [start, end) (optionally one team's), oldest first, as
+        the footprint API returns them; `footprint report --recompute` audits these."""
+        query = select(requests).order_by(requests.c.created_at, requests.c.request_id)
+        if start is not None:
+            query = query.where(requests.c.created_at >= as_utc(start))
+        if end is not None:
+            query = query.where(requests.c.created_at < as_utc(end))
+        if team is not None:
+            query = query.where(requests.c.team == team)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [row_to_json(row._asdict()) for row in rows]
 
     async def usage(
         self,

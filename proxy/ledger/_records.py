@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-Endpoint = Literal["chat.completions", "completions", "embeddings"]
+from meters.constants import METHODOLOGY_VERSION
+from meters.numbers import dumps_plain
+from meters.types import Footprint
+
+Endpoint = Literal["chat.completions", "completions", "embeddings", "responses", "messages"]
 
 # Budget metrics, as in contract.md, and how each is summed from ledger rows.
 METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests")
@@ -45,6 +50,17 @@ class LedgerRecord:
     trace_id: str | None
     duration_ms: float
     overhead_ms: float
+    # Revision 0004: how the figures were made (`figure_columns(footprint)` fills them all).
+    methodology_version: str = METHODOLOGY_VERSION
+    water_source: str = ""
+    intensity_detail: str = ""
+    intensity_at: str = ""
+    ranges: str | None = None  # JSON: {"energy_j": [low, high], …}
+    server_energy_j: float | None = None
+    hardware_s: float | None = None
+    gpus: int | None = None
+    wue_l_per_kwh: float | None = None
+    ewif_l_per_kwh: float | None = None
 
     def to_row(self) -> dict[str, Any]:
         # A shallow copy: every field is an immutable scalar, and `asdict`'s deep copy costs
@@ -57,6 +73,40 @@ class LedgerRecord:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(LedgerRecord))
+
+
+def figure_columns(footprint: Footprint) -> dict[str, Any]:
+    """Every column that comes from a request's footprint (its figures, and revision 0004's
+    record of how they were made): `LedgerRecord(..., **figure_columns(footprint))`, so the
+    row can be recomputed later."""
+    ranges = (
+        None
+        if footprint.ranges is None
+        else dumps_plain({name: list(bounds) for name, bounds in footprint.ranges.items()})
+    )
+    return {
+        "method": footprint.method,
+        "basis": footprint.basis,
+        "gpu_energy_j": footprint.gpu_energy_j,
+        "energy_j": footprint.energy_j,
+        "co2e_g": footprint.co2e_g,
+        "embodied_co2e_g": footprint.embodied_co2e_g,
+        "water_ml": footprint.water_ml,
+        "zone": footprint.zone,
+        "grid_gco2e_per_kwh": footprint.grid_gco2e_per_kwh,
+        "pue": footprint.pue,
+        "intensity_source": str(footprint.intensity_source),
+        "methodology_version": footprint.methodology_version or METHODOLOGY_VERSION,
+        "water_source": str(footprint.water_source),
+        "intensity_detail": footprint.intensity_detail[:200],
+        "intensity_at": footprint.intensity_at[:40],
+        "ranges": ranges,
+        "server_energy_j": footprint.server_energy_j,
+        "hardware_s": footprint.hardware_s,
+        "gpus": footprint.gpus,
+        "wue_l_per_kwh": footprint.wue_l_per_kwh,
+        "ewif_l_per_kwh": footprint.ewif_l_per_kwh,
+    }
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -77,4 +127,6 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
     out["created_at"] = iso(row["created_at"])
     for flag in ("stream", "cancelled", "tokens_counted"):
         out[flag] = bool(row[flag])
+    if isinstance(out.get("ranges"), str):
+        out["ranges"] = json.loads(out["ranges"])
     return out

@@ -56,6 +56,20 @@ requests = Table(
     Column("trace_id", String(32)),
     Column("duration_ms", Float, nullable=False),
     Column("overhead_ms", Float, nullable=False),
+    # Revision 0004 (issue 13): how each figure was made, so it can be recomputed and audited.
+    # The methodology version ("1" for rows written before it was recorded), where the water
+    # factor came from, the intensity's detail and own time, a ranged estimate's [low, high]
+    # (JSON), and the inputs the figures follow from (NULL on rows written before 0004).
+    Column("methodology_version", String(16), nullable=False, server_default="1"),
+    Column("water_source", String(32), nullable=False, server_default=""),
+    Column("intensity_detail", String(200), nullable=False, server_default=""),
+    Column("intensity_at", String(40), nullable=False, server_default=""),
+    Column("ranges", Text),
+    Column("server_energy_j", Float),
+    Column("hardware_s", Float),
+    Column("gpus", Integer),
+    Column("wue_l_per_kwh", Float),
+    Column("ewif_l_per_kwh", Float),
 )
 Index("ix_requests_team_created_at", requests.c.team, requests.c.created_at)
 Index("ix_requests_created_at", requests.c.created_at)

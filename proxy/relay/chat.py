@@ -9,10 +9,11 @@ from typing import Any
 from proxy import sse
 from proxy.errors import ProxyError
 from proxy.relay import checks
+from proxy.relay.attach import event_with_footprint
 from proxy.relay.facts import AnswerFacts, Body, ErrorShape, EventFacts, StreamEnd, TokenUsage
-from proxy.tokens import approx_tokens
+from proxy.tokens import approx_tokens, delta_tokens
 
-OPENAI_ERRORS = ErrorShape(body=ProxyError.body, event=ProxyError.sse_event)
+OPENAI_ERRORS = ErrorShape(body=ProxyError.body, event=ProxyError.sse_event, last=sse.DONE_EVENT)
 
 _COUNTS = ("max_tokens", "max_completion_tokens", "n", "best_of")
 
@@ -106,12 +107,12 @@ def read_embeddings(answer: Body) -> AnswerFacts:
 
 
 def _delta_tokens(choice: dict[str, Any]) -> int:
-    """Output tokens in one streamed choice: its new text by the rule of thumb, and at least
+    """Output tokens in one streamed choice: its new text (`delta_tokens`), and at least
     one for a choice that brought anything (a tool call's first delta carries only a name)."""
     delta = choice.get("delta")
     if not isinstance(delta, dict):
         text = choice.get("text")
-        return approx_tokens(text) if isinstance(text, str) else 0
+        return delta_tokens(text) if isinstance(text, str) else 0
     parts = [delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning")]
     for call in delta.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
@@ -119,7 +120,7 @@ def _delta_tokens(choice: dict[str, Any]) -> int:
             parts.append(function.get("arguments"))
     text = "".join(p for p in parts if isinstance(p, str))
     brought = bool(text) or bool(delta.get("tool_calls"))
-    return max(approx_tokens(text), 1 if brought else 0)
+    return max(delta_tokens(text), 1 if brought else 0)
 
 
 def read_chunk(chunk: Body) -> EventFacts:
@@ -156,31 +157,31 @@ def no_stream(body: dict[str, Any]) -> bool:
 
 def closer(final_object: str) -> Callable[[StreamEnd], list[bytes]]:
     """The closing events of a Chat Completions (or Completions) stream: an error event if
-    it was cut off; the usage chunk with the footprint if the client asked for usage; the
-    `: footprint` comment; `[DONE]`."""
+    it was cut off; if the client asked for usage, the upstream's usage chunk (its usage
+    object whole) with the footprint added, or one made from Footprint's count when the
+    upstream sent none; the `: footprint` comment; `[DONE]`."""
 
     def close(end: StreamEnd) -> list[bytes]:
         tail: list[bytes] = []
         if end.broke_off is not None:
             tail.append(end.broke_off.sse_event())
-        if end.client_wants_usage:
-            final = (
-                dict(end.held.payload)
-                if end.held is not None
-                else {
-                    "id": end.request_id,
-                    "object": final_object,
-                    "created": end.created_s,
-                    "model": end.model,
-                    "choices": [],
-                }
-            )
-            final["usage"] = {
+        if end.client_wants_usage and end.held:
+            tail.append(event_with_footprint(end.held[-1], end.footprint))
+        elif end.client_wants_usage:
+            counted = {
                 "prompt_tokens": end.prompt_tokens,
                 "completion_tokens": end.completion_tokens,
                 "total_tokens": end.prompt_tokens + end.completion_tokens,
             }
-            final["footprint"] = end.footprint
+            final = {
+                "id": end.request_id,
+                "object": final_object,
+                "created": end.created_s,
+                "model": end.model,
+                "choices": [],
+                "usage": counted,
+                "footprint": end.footprint,
+            }
             tail.append(sse.data_event(final))
         tail.append(sse.comment_event("footprint", end.footprint))
         tail.append(sse.DONE_EVENT)

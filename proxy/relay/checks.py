@@ -10,6 +10,7 @@ works, instead of failing after it did.
 from __future__ import annotations
 
 import re
+from types import UnionType
 
 from proxy.errors import InvalidRequest
 from proxy.relay.facts import Body
@@ -91,7 +92,7 @@ def check_objects(body: Body, name: str, what: str) -> None:
         raise InvalidRequest(f"each {what} must be an object", param=name)
 
 
-def check_optional(body: Body, name: str, kind: type, what: str) -> None:
+def check_optional(body: Body, name: str, kind: type | UnionType, what: str) -> None:
     value = body.get(name)
     if value is not None and not isinstance(value, kind):
         raise InvalidRequest(f"{name!r} must be {what}", param=name)

@@ -6,7 +6,7 @@ line in `proxy/routes/openai.py` and its tests.
 
 from __future__ import annotations
 
-from proxy.relay import chat
+from proxy.relay import chat, messages, responses
 from proxy.relay.facts import Endpoint
 from proxy.tokens import prompt_text
 
@@ -54,6 +54,36 @@ ENDPOINTS: dict[str, Endpoint] = {
             close_stream=chat.closer("embedding"),
             errors=chat.OPENAI_ERRORS,
             generates=False,
+        ),
+        Endpoint(
+            name="responses",
+            route="/v1/responses",
+            path="/responses",
+            operation="chat",
+            check=responses.check,
+            prompt_text=responses.prompt_text,
+            read_answer=responses.read_answer,
+            read_event=responses.read_event,
+            prepare_stream=responses.prepare_stream,
+            close_stream=responses.close,
+            errors=responses.ERRORS,
+            cap_fields=("max_output_tokens",),
+        ),
+        Endpoint(
+            name="messages",
+            route="/v1/messages",
+            path="/messages",
+            operation="chat",
+            check=messages.check,
+            prompt_text=messages.prompt_text,
+            read_answer=messages.read_answer,
+            read_event=messages.read_event,
+            prepare_stream=messages.prepare_stream,
+            close_stream=messages.close,
+            errors=messages.ERRORS,
+            cap_fields=("max_tokens",),
+            credential=messages.credential,
+            forwarded_headers=("anthropic-version", "anthropic-beta"),
         ),
     )
 }

@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from starlette.responses import Response
+
 from proxy.errors import ProxyError
 from proxy.ledger import Endpoint as EndpointName
 
@@ -67,7 +70,8 @@ class StreamEnd:
     request_id: str
     model: str
     created_s: int
-    held: Held | None
+    held: tuple[Held, ...]  # the events kept back, in their order
+    upstream_done: bool  # the upstream's stream ended with `data: [DONE]`
     client_wants_usage: bool
     prompt_tokens: int
     completion_tokens: int
@@ -78,10 +82,27 @@ class StreamEnd:
 
 @dataclass(frozen=True, slots=True)
 class ErrorShape:
-    """How an API family writes the proxy's own errors: as a whole answer and as an SSE event."""
+    """How an API family writes the proxy's own errors: as a whole answer (`body`), and as
+    the events that end a stream which cannot be finished (`event`, then `last`). A stream
+    cut by its upstream is closed by the endpoint's `close_stream` instead."""
 
     body: Callable[[ProxyError], dict[str, object]]
     event: Callable[[ProxyError], bytes]
+    last: bytes = b""
+
+    def response(self, error: ProxyError, extra_headers: Mapping[str, str]) -> Response:
+        """`error` as a whole answer, with its own headers and `extra_headers`."""
+        return Response(
+            orjson.dumps(self.body(error)),
+            status_code=error.status_code,
+            media_type="application/json",
+            headers={**error.headers, **extra_headers},
+        )
+
+
+def bearer_credential(headers: Mapping[str, str]) -> str | None:
+    """The caller's key as OpenAI clients send it: `Authorization: Bearer <key>`."""
+    return headers.get("authorization")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +119,10 @@ class Endpoint:
     - `prepare_stream`: rewrites a streaming body in place (e.g. asks for usage) and says
       whether the client itself asked for the usage it will get.
     - `close_stream`: the closing events, where the footprint goes in a stream.
-    - `done_marker`: whether the stream ends with `data: [DONE]` (Chat Completions) rather
-      than a terminal event of its own (Responses, Messages).
     - `errors`: the error shape of this API family.
     - `cap_fields`: the body fields that cap output tokens, for the budget's worst case.
+    - `credential`: the caller's key, as an `Authorization` header value, from the request.
+    - `forwarded_headers`: request headers passed on to the upstream besides the common ones.
     """
 
     name: EndpointName
@@ -117,7 +138,8 @@ class Endpoint:
     errors: ErrorShape
     cap_fields: tuple[str, ...] = ()  # where the body sets its output-token cap, first wins
     generates: bool = True  # False: the answer has no output tokens (embeddings)
-    done_marker: bool = True
+    credential: Callable[[Mapping[str, str]], str | None] = bearer_credential
+    forwarded_headers: tuple[str, ...] = ()  # request headers this API's upstream needs too
 
     @property
     def streams(self) -> bool:

@@ -17,11 +17,13 @@ from meters import Footprint, Measurement, MeterError, RequestTrack
 from meters.footprint import compute_footprint, footprint_json, format_decimal
 from proxy.budgets import Reservation, Usage
 from proxy.errors import ProxyError
-from proxy.ledger import LedgerRecord
+from proxy.ledger import LedgerRecord, figure_columns
 from proxy.relay.call import Call
+from proxy.relay.embeddings import embeddings_measurement, needs_derivation
 from proxy.relay.send import send
+from proxy.relay.stored import ResponseOwners
 from proxy.services import Services
-from proxy.tokens import count_prompt_tokens
+from proxy.tokens import PromptTokenizer
 from proxy.upstreams import Upstream
 
 log = logging.getLogger("footprint.relay")
@@ -38,9 +40,11 @@ class Finished:
 class Finisher:
     """The closing steps, shared by whole and streamed answers."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, owners: ResponseOwners) -> None:
         self.services = services
+        self.owners = owners
         self._background: set[asyncio.Task[None]] = set()
+        self._tokenizers: dict[str, PromptTokenizer] = {}  # per upstream, its shape learnt
 
     async def footprint(self, upstream: Upstream, measurement: Measurement) -> Footprint:
         intensity = await self.services.intensity.get(upstream.site.zone)
@@ -50,13 +54,15 @@ class Finisher:
         """Prompt tokens by the upstream's tokenizer (or the rule of thumb), for an answer
         that did not say."""
         asked = call.need()
+        tokenizer = self._tokenizers.get(asked.upstream.name)
+        if tokenizer is None:
+            settings = asked.upstream.settings
+            tokenizer = PromptTokenizer(
+                asked.upstream.client, settings.tokenize_url, settings.tokenize_format
+            )
+            self._tokenizers[asked.upstream.name] = tokenizer
         call.tally.tokens_counted = True
-        call.tally.prompt_tokens, _how = await count_prompt_tokens(
-            asked.upstream.client,
-            asked.upstream.settings.tokenize_url,
-            asked.model,
-            asked.prompt_text,
-        )
+        call.tally.prompt_tokens, _how = await tokenizer.count(asked.model, asked.prompt_text)
 
     async def finish(self, call: Call, track: RequestTrack, reservation: Reservation) -> Finished:
         """Close the meter, compute the footprint, make the ledger row durable, settle the
@@ -78,6 +84,8 @@ class Finisher:
         finally:
             await self.unclaim(call)
         call.settled = True
+        if call.tally.response_id is not None:
+            self.owners.remember(call.tally.response_id, upstream.name, call.team)
         remaining = await self.services.budgets.settle(reservation, spent(call, footprint))
         telemetry = self.services.telemetry
         if telemetry is not None and call.telemetry is not None:
@@ -130,19 +138,30 @@ class Finisher:
 
     async def _close_meter(self, call: Call, track: RequestTrack) -> Measurement:
         tally = call.tally
+        latency_s = time.perf_counter() - call.started
         call.meter_closed = True
         try:
-            return await track.close(
+            measurement = await track.close(
                 prompt_tokens=tally.prompt_tokens,
                 output_tokens=tally.completion_tokens,
                 cancelled=tally.cancelled,
-                latency_s=time.perf_counter() - call.started,
+                latency_s=latency_s,
             )
         except MeterError as exc:
             # Nothing measured it and nothing knows enough to estimate it (a model of unknown
             # size): say so instead of inventing a figure, and still serve the request.
             log.warning("request %s: no footprint: %s", call.request_id, exc)
             return Measurement(0.0, 0.0, 0.0, "estimated", f"unavailable: {exc}")
+        if call.spec.generates or not needs_derivation(measurement):
+            return measurement
+        asked = call.need()
+        return embeddings_measurement(
+            asked.upstream.estimator,
+            asked.model,
+            tally.prompt_tokens,
+            latency_s,
+            self.services.settings.metering.alpha,
+        )
 
     def spawn(self, work: Coroutine[Any, Any, object]) -> None:
         """Run `work` (a cut-off request's finish) past the request's own task."""
@@ -193,17 +212,7 @@ def ledger_record(call: Call, footprint: Footprint, duration_s: float) -> Ledger
         prompt_tokens=tally.prompt_tokens,
         completion_tokens=tally.completion_tokens,
         tokens_counted=tally.tokens_counted,
-        method=footprint.method,
-        basis=footprint.basis,
-        gpu_energy_j=footprint.gpu_energy_j,
-        energy_j=footprint.energy_j,
-        co2e_g=footprint.co2e_g,
-        embodied_co2e_g=footprint.embodied_co2e_g,
-        water_ml=footprint.water_ml,
-        zone=footprint.zone,
-        grid_gco2e_per_kwh=footprint.grid_gco2e_per_kwh,
-        pue=footprint.pue,
-        intensity_source=footprint.intensity_source,
+        **figure_columns(footprint),
         trace_id=call.trace_id,
         duration_ms=duration_s * 1000.0,
         overhead_ms=tally.overhead_ms,

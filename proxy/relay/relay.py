@@ -30,10 +30,12 @@ from proxy.relay.call import Asked, Call
 from proxy.relay.endpoints import ENDPOINTS
 from proxy.relay.finish import Finisher
 from proxy.relay.intake import read_json
+from proxy.relay.stored import ResponseOwners, StoredResponses
 from proxy.relay.stream import relay_stream
 from proxy.relay.whole import relay_whole
 from proxy.services import Services
 from proxy.tokens import approx_tokens
+from proxy.upstreams import Upstream
 
 log = logging.getLogger("footprint.relay")
 
@@ -48,7 +50,9 @@ class Relay:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
-        self.finisher = Finisher(services)
+        self.owners = ResponseOwners()
+        self.finisher = Finisher(services, self.owners)
+        self.stored = StoredResponses(services, self.owners)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         """Relay one request to `endpoint` (a key of `ENDPOINTS`); every outcome is an answer,
@@ -83,7 +87,7 @@ class Relay:
         telemetry = self.services.telemetry
         if telemetry is not None and call.telemetry is not None:
             telemetry.fail(call.telemetry, call, error)
-        return error.to_response({"x-request-id": call.request_id})
+        return call.spec.errors.response(error, {"x-request-id": call.request_id})
 
     async def _handle(self, request: Request, call: Call) -> Response:
         body = await self._admit(request, call)
@@ -131,7 +135,7 @@ class Relay:
     async def _admit(self, request: Request, call: Call) -> dict[str, Any]:
         """Authenticate, read, check, route: `call.asked` is set, or an error is raised."""
         services, spec = self.services, call.spec
-        principal = await services.auth.authenticate(request.headers.get("authorization"))
+        principal = await services.auth.authenticate(spec.credential(request.headers))
         call.team, call.key_id = principal.team, principal.key_id
         _raw, body = await read_json(request, self.settings.server.max_body_bytes)
         model = checks.require_model(body)
@@ -139,7 +143,7 @@ class Relay:
         call.model = model
         if not principal.may_use(model):
             raise PermissionDenied(f"this key may not use model {model!r}", param="model")
-        upstream = services.router.route(model)
+        upstream = self._route(model, body, call.team)
         if upstream is None:
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         stream = spec.streams and body.get("stream") is True
@@ -157,9 +161,21 @@ class Relay:
         )
         return body
 
+    def _route(self, model: str, body: dict[str, Any], team: str) -> Upstream | None:
+        """The upstream for `model`; for a response that continues another, the upstream
+        that holds the earlier one, if it serves the model."""
+        previous = body.get("previous_response_id")
+        if isinstance(previous, str):
+            holder = self.stored.upstream_of(previous, team)
+            if holder is not None and (
+                holder.serves_exactly(model) or holder.serves_by_pattern(model)
+            ):
+                return holder
+        return self.services.router.route(model)
+
     def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
         asked = call.need()
-        headers = send.upstream_headers(request.headers, asked.upstream, call.request_id)
+        headers = send.upstream_headers(request.headers, call.spec, asked.upstream, call.request_id)
         telemetry = self.services.telemetry
         if telemetry is not None and call.telemetry is not None:
             telemetry.inject(call.telemetry, headers)

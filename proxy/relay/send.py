@@ -9,22 +9,50 @@ import httpx
 from starlette.responses import Response
 
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.relay.facts import Endpoint
 from proxy.upstreams import Upstream
 
 # Request headers carried on to the upstream. Authorization is never among them: the
 # upstream gets the proxy's own credential, from its client.
 FORWARDED_HEADERS = ("traceparent", "tracestate", "baggage", "user-agent", "accept-language")
 
+# Upstream response headers not passed back: hop-by-hop ones (RFC 9110 §7.6.1), those that
+# describe the bytes as the upstream sent them (the proxy decodes and may add a member), the
+# ones the ASGI server writes itself, cookies of the proxy's own upstream session, and the
+# ones Footprint owns (`x-request-id`, `x-footprint-*`).
+_NOT_PASSED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "content-type",
+        "date",
+        "server",
+        "set-cookie",
+        "x-request-id",
+    }
+)
+
 
 def upstream_headers(
-    incoming: Mapping[str, str], upstream: Upstream, request_id: str
+    incoming: Mapping[str, str], spec: Endpoint, upstream: Upstream, request_id: str
 ) -> dict[str, str]:
     """The headers the upstream gets from the client's request: the one place they are made
     (the trace headers are written after this, by telemetry)."""
-    headers = {"content-type": "application/json"}
+    # identity: the answer is parsed on the way, so it must not come compressed (one that
+    # does anyway is decoded by `aiter_bytes`/`aread`).
+    headers = {"content-type": "application/json", "accept-encoding": "identity"}
     if upstream.settings.forward_request_id:
         headers["x-request-id"] = request_id
-    for name in FORWARDED_HEADERS:
+    for name in (*FORWARDED_HEADERS, *spec.forwarded_headers):
         value = incoming.get(name)
         # Only what can be sent as it came: a value with bytes outside visible ASCII (which
         # the upstream client would refuse to encode) is not carried on.
@@ -94,14 +122,28 @@ async def read_error(upstream: Upstream, response: httpx.Response) -> bytes:
     return b"".join(chunks)[:limit]
 
 
-def passed_error(
+def passed_headers(upstream: Upstream, response: httpx.Response) -> dict[str, str]:
+    """The upstream's response headers the client gets too (`retry-after`, `x-ratelimit-*`,
+    `openai-processing-ms`, `x-should-retry`, …): all but `_NOT_PASSED`, those the upstream's
+    `Connection` header names, and `x-footprint-*`; any that echoes the upstream's credential
+    has it cut out."""
+    named = {token.strip().lower() for token in response.headers.get("connection", "").split(",")}
+    return {
+        name: upstream.redact(value.encode()).decode("latin-1")
+        for name, value in response.headers.items()
+        if name not in _NOT_PASSED and name not in named and not name.startswith("x-footprint-")
+    }
+
+
+def passed_on(
     upstream: Upstream, response: httpx.Response, raw: bytes, request_id: str
 ) -> Response:
-    """The upstream's own error, passed back with its status and body, less the upstream's
-    credential should the body echo it; of its headers only the content type."""
+    """The upstream's answer (its own error, or a stored response), passed back with its
+    status, headers and (decoded) body unchanged, less the upstream's credential should the
+    body or a header echo it."""
     return Response(
         upstream.redact(raw),
         status_code=response.status_code,
         media_type=response.headers.get("content-type", "application/json"),
-        headers={"x-request-id": request_id},
+        headers={**passed_headers(upstream, response), "x-request-id": request_id},
     )

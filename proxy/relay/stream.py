@@ -42,8 +42,9 @@ async def relay_stream(
         raw = await send.read_error(upstream, response)
         tally.upstream_s = time.perf_counter() - sent
         await finisher.upstream_error(call, track, reservation, response.status_code)
-        return send.passed_error(upstream, response, raw, call.request_id)
+        return send.passed_on(upstream, response, raw, call.request_id)
     headers = {
+        **send.passed_headers(upstream, response),
         "x-request-id": call.request_id,
         "x-footprint-method": "measured" if upstream.measuring else "estimated",
         "cache-control": "no-cache",
@@ -117,7 +118,7 @@ async def _pass_on(
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's events as they come; what one upstream read brought leaves in one
     write (one ASGI message)."""
-    chunks = response.aiter_raw()
+    chunks = response.aiter_bytes()  # decoded, should the upstream compress after all
     while True:
         wait_start = time.perf_counter()
         try:
@@ -164,7 +165,7 @@ async def _closing(
         # Nothing was recorded (the ledger cannot write): the reservation is given back, and
         # the stream ends with the error instead of being cut.
         log.error("request %s: stream not recorded: %s", call.request_id, error)
-        return call.spec.errors.event(error) + (sse.DONE_EVENT if call.spec.done_marker else b"")
+        return call.spec.errors.event(error) + call.spec.errors.last
     broke_off: ProxyError | None = None
     if tally.error == "upstream_timeout":
         broke_off = UpstreamTimeout(f"upstream {asked.upstream.name} stopped sending in time")
@@ -174,7 +175,8 @@ async def _closing(
         request_id=call.request_id,
         model=tally.response_model or asked.model,
         created_s=int(call.received_at.timestamp()),
-        held=counted.held,
+        held=tuple(counted.held),
+        upstream_done=counted.done,
         client_wants_usage=asked.client_wants_usage,
         prompt_tokens=tally.prompt_tokens,
         completion_tokens=tally.completion_tokens,

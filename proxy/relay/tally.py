@@ -31,7 +31,7 @@ _KEEP_BACK = Step(False)
 class StreamTally:
     """The running count of one stream (see the module docstring)."""
 
-    __slots__ = ("_read", "finished", "held", "metered", "tally", "usage_seen")
+    __slots__ = ("_read", "done", "finished", "held", "metered", "tally", "usage_seen")
 
     def __init__(self, spec: Endpoint, tally: Tally) -> None:
         if spec.read_event is None:
@@ -40,7 +40,8 @@ class StreamTally:
         self.tally = tally
         self.finished = False  # the stream reached its own end ([DONE] or a terminal event)
         self.usage_seen = False
-        self.held: Held | None = None
+        self.done = False  # the upstream wrote `data: [DONE]`
+        self.held: list[Held] = []
         self.metered = 0  # output tokens reported to the meter so far
 
     def feed(self, event: bytes) -> Step:
@@ -48,8 +49,8 @@ class StreamTally:
         if data is None:
             return _PASS  # upstream comments and pings pass through
         if data == sse.DONE:
-            self.finished = True
-            return _KEEP_BACK  # the closing events end the stream
+            self.finished = self.done = True
+            return _KEEP_BACK  # the closing events write it again, last
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -63,7 +64,7 @@ class StreamTally:
         if facts.terminal:
             self.finished = True
         if facts.hold:
-            self.held = Held(event, payload)
+            self.held.append(Held(event, payload))
             return Step(False, new_tokens)
         return Step(True, new_tokens) if new_tokens else _PASS
 

@@ -13,6 +13,7 @@ from meters import RequestTrack
 from proxy.budgets import Reservation
 from proxy.errors import ProxyError, UpstreamUnavailable
 from proxy.relay import send
+from proxy.relay.attach import with_member
 from proxy.relay.call import Call
 from proxy.relay.finish import Finisher, footprint_headers, footprint_object
 
@@ -37,7 +38,7 @@ async def relay_whole(
     tally.status = response.status_code
     if response.status_code >= 400:
         await finisher.upstream_error(call, track, reservation, response.status_code)
-        return send.passed_error(upstream, response, raw, call.request_id)
+        return send.passed_on(upstream, response, raw, call.request_id)
     answer = _json_object(raw)
     if answer is None:
         not_json = UpstreamUnavailable(f"upstream {upstream.name} answered something not JSON")
@@ -47,7 +48,10 @@ async def relay_whole(
     # No progress was visible while it ran, so the meter gives it the time share of each
     # tick (methodology §2); the totals go to close() only.
     finished = await finisher.finish(call, track, reservation)
-    headers = footprint_headers(call, finished.footprint, finished.remaining)
+    headers = {
+        **send.passed_headers(upstream, response),
+        **footprint_headers(call, finished.footprint, finished.remaining),
+    }
     if finisher.services.settings.server.footprint_in_body:
         raw = with_member(
             raw, b"footprint", orjson.dumps(footprint_object(call, finished.footprint))
@@ -80,13 +84,3 @@ async def _take_answer(finisher: Finisher, call: Call, answer: dict[str, object]
         tally.completion_tokens = facts.output_tokens
     if tally.prompt_tokens == 0:
         await finisher.count_prompt(call)
-
-
-def with_member(raw: bytes, name: bytes, value: bytes) -> bytes:
-    """`raw` (a JSON object's bytes, as the upstream wrote them) with one more member at its
-    end; every byte before it is the upstream's own. Not an object: `raw` unchanged."""
-    body = raw.rstrip()
-    if not body.endswith(b"}"):
-        return raw
-    joiner = b"," if body[:-1].rstrip() != b"{" else b""
-    return body[:-1] + joiner + b'"' + name + b'":' + value + b"}"

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from meters.numbers import format_decimal
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound
 from proxy.ledger import GROUP_KEYS, SUM_FIELDS, iso
@@ -101,8 +102,7 @@ def usage_csv(rows: list[dict[str, Any]], group_by: list[str]) -> str:
 
 def _csv_value(value: Any) -> str:
     if isinstance(value, float):
-        text = f"{value:.9f}".rstrip("0").rstrip(".")
-        return "0" if text in ("", "-0") else text
+        return format_decimal(value)
     return str(value)
 
 

@@ -37,11 +37,23 @@ def _relayed(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     return relayed
 
 
+async def stored_response(request: Request) -> Response:
+    return await relay_of(request).stored.handle(request)
+
+
 def relay_routes() -> list[BaseRoute]:
-    """One POST route per entry of the endpoint table, as plain Starlette routes: they take
-    the bare request, so FastAPI's per-route dependency and response machinery has nothing
-    to do for them; registered ahead of every router, they are also the first routes matched."""
-    return [Route(spec.route, _relayed(name), methods=["POST"]) for name, spec in ENDPOINTS.items()]
+    """One POST route per entry of the endpoint table, and the stored-response routes, as
+    plain Starlette routes: they take the bare request, so FastAPI's per-route dependency and
+    response machinery has nothing to do for them; registered ahead of every router, they
+    are also the first routes matched."""
+    stored = "/v1/responses/{response_id}"
+    relayed = [Route(s.route, _relayed(name), methods=["POST"]) for name, s in ENDPOINTS.items()]
+    return [
+        *relayed,
+        Route(stored, stored_response, methods=["GET", "DELETE"]),
+        Route(stored + "/input_items", stored_response, methods=["GET"]),
+        Route(stored + "/cancel", stored_response, methods=["POST"]),
+    ]
 
 
 @router.get("/v1/models")

@@ -88,6 +88,8 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "chat.completions": ("chat", "/v1/chat/completions"),
     "completions": ("text_completion", "/v1/completions"),
     "embeddings": ("embeddings", "/v1/embeddings"),
+    "responses": ("chat", "/v1/responses"),
+    "messages": ("chat", "/v1/messages"),
 }
 
 

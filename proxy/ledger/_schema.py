@@ -70,6 +70,13 @@ requests = Table(
     Column("gpus", Integer),
     Column("wue_l_per_kwh", Float),
     Column("ewif_l_per_kwh", Float),
+    # Revision 0005 (issue 18): market-based carbon (Scope 2 market method, plus embodied) and
+    # the upstream's contracts it follows from; NULL where the upstream had no contract data.
+    Column("co2e_market_g", Float),
+    Column("market_coverage", Float),
+    Column("market_gco2e_per_kwh", Float),
+    Column("residual_gco2e_per_kwh", Float),
+    Column("residual_source", String(200)),
 )
 Index("ix_requests_team_created_at", requests.c.team, requests.c.created_at)
 Index("ix_requests_created_at", requests.c.created_at)

@@ -34,10 +34,11 @@ from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
 from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.idle import IdleRecorder
+from proxy.ledger import ERROR_TYPES as LEDGER_ERROR_TYPES
 from proxy.ledger import open_ledger
 from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import Relay
-from proxy.routes import health, openai
+from proxy.routes import health, openai, openapi
 from proxy.routes.admin import admin_router
 from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
@@ -259,6 +260,7 @@ def create_app(
     app.router.routes.extend(openai.relay_routes())  # the hot path, matched first
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(openapi.router)
     app.include_router(admin_router)
     app.include_router(footprint_router)
     app.include_router(views_router)
@@ -331,6 +333,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             return ServiceUnavailable("the ledger is unavailable right now").to_response()
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return ProxyError("internal error in the proxy").to_response()
+
+    for kind in LEDGER_ERROR_TYPES:
+        # A handler per type (not only the catch-all, after which Starlette closes the
+        # connection): a database that is briefly unusable costs a 503, not the connection.
+        app.add_exception_handler(kind, unexpected)
 
     app.add_exception_handler(ProxyError, proxy_error)
     app.add_exception_handler(RequestValidationError, validation_error)

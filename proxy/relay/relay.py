@@ -17,7 +17,14 @@ from starlette.responses import Response
 
 from meters import MeterError, RequestTrack
 from proxy.budgets import Usage
-from proxy.errors import DuplicateRequestId, ModelNotFound, PermissionDenied, ProxyError
+from proxy.errors import (
+    DuplicateRequestId,
+    ModelNotFound,
+    PermissionDenied,
+    ProxyError,
+    ServiceUnavailable,
+)
+from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import checks, send
 from proxy.relay.call import Asked, Call
 from proxy.relay.embeddings import embeddings_measurement
@@ -68,7 +75,10 @@ class Relay:
             return await self._handle(request, call)
         except ProxyError as error:
             return self._refusal(call, error)
-        except Exception:
+        except Exception as exc:
+            if ledger_unavailable(exc):
+                log.error("request %s: ledger unavailable: %r", call.request_id, exc)
+                return self._refusal(call, ServiceUnavailable("the ledger is unavailable"))
             log.exception("request %s: unexpected error", call.request_id)
             return self._refusal(call, ProxyError("internal error in the proxy"))
 

@@ -302,6 +302,9 @@ def _report(client: httpx.Client, args: argparse.Namespace) -> int:
     print(f"\n{len(report['data'])} row(s), {window}, idle energy: {report['idle_policy']}")
     for idle in report.get("idle", []):
         print(f"idle (not in rows above): {idle['upstream']}: {_num(idle['energy_j'])} J")
+    avoided_g = sum(float(row.get("co2e_avoided_g") or 0.0) for row in report["data"])
+    if avoided_g:
+        print(f"carbon avoided by routing (against the priority choice): {_num(avoided_g)} g CO2e")
     return 0
 
 

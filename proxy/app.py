@@ -39,6 +39,7 @@ from proxy.routes.admin import admin_router
 from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
 from proxy.routes.footprint_views import views_router
+from proxy.routing import CircuitBreaker, HealthChecks, UpstreamHealth
 from proxy.services import Services
 from proxy.upstreams import Upstream, UpstreamRouter, build_client
 
@@ -94,6 +95,7 @@ def build_upstream(
         nvml=nvml,
         transport=meter_transport,
     )
+    routing = settings.routing
     return Upstream(
         settings=upstream,
         client=build_client(upstream, transport),
@@ -103,6 +105,9 @@ def build_upstream(
         ),
         hardware=hardware,
         estimator=estimator,
+        health=UpstreamHealth(
+            CircuitBreaker(routing.failure_threshold, routing.open_s), upstream.max_concurrency
+        ),
     )
 
 
@@ -141,12 +146,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        calibrations = Calibrations()
         upstreams = [
             build_upstream(
                 settings,
                 u,
-                calibrations,
+                # Each upstream's estimator is calibrated from its own measured traffic.
+                Calibrations(),
                 transport=(upstream_transports or {}).get(u.name),
                 nvml=nvml,
                 meter_transport=meter_transport,
@@ -178,6 +183,9 @@ def create_app(
         relay = Relay(services)
         idle = IdleRecorder(services)
         idle_task = asyncio.get_running_loop().create_task(idle.run())
+        checks_task = asyncio.get_running_loop().create_task(
+            HealthChecks(settings.routing, upstreams).run()
+        )
         app.state.settings = settings
         app.state.services = services
         app.state.relay = relay
@@ -197,9 +205,10 @@ def create_app(
             yield
         finally:
             await relay.drain()
-            idle_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await idle_task
+            for task in (idle_task, checks_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 await idle.flush()
             except Exception:  # a ledger that is gone at shutdown; logged, nothing to retry

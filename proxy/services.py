@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from proxy.budgets import Usage
 from proxy.config import Settings
+from proxy.routing import Planner
 
 if TYPE_CHECKING:
     from meters.intensity import GridIntensity
@@ -28,3 +29,7 @@ class Services:
     ledger: Ledger
     intensity: GridIntensity
     telemetry: Telemetry | None = None  # None when telemetry is off
+    planner: Planner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.planner = Planner(self.settings.routing, self.intensity)

@@ -70,6 +70,10 @@ requests = Table(
     Column("gpus", Integer),
     Column("wue_l_per_kwh", Float),
     Column("ewif_l_per_kwh", Float),
+    # Revision 0006 (issue 15): the routing decision as JSON, and the carbon it avoided against
+    # the priority choice (NULL where no policy chose among several upstreams).
+    Column("route", Text),
+    Column("co2e_avoided_g", Float),
 )
 Index("ix_requests_team_created_at", requests.c.team, requests.c.created_at)
 Index("ix_requests_created_at", requests.c.created_at)

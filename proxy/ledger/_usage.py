@@ -27,6 +27,7 @@ SUM_FIELDS = (
     "co2e_g",
     "embodied_co2e_g",
     "water_ml",
+    "co2e_avoided_g",  # by routing, against the priority choice (0 where nothing was weighed)
 )
 IDLE_FIELDS = ("idle_gpu_energy_j", "idle_energy_j", "idle_co2e_g", "idle_water_ml")
 

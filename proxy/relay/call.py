@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from proxy.upstreams import Upstream
 
 if TYPE_CHECKING:
+    from proxy.relay.attempts import Attempts
     from proxy.relay.facts import Endpoint
     from proxy.telemetry import RequestTelemetry
 
@@ -57,6 +58,7 @@ class Call:
 
     __slots__ = (
         "asked",
+        "attempts",
         "key_id",
         "model",
         "received_at",
@@ -87,6 +89,7 @@ class Call:
         self.trace_id: str | None = None  # written by telemetry's `begin`
         self.telemetry: RequestTelemetry | None = None
         self.settled = False  # the budget reservation has been settled
+        self.attempts: Attempts | None = None  # set once routed: the route plan and its tries
 
     def need(self) -> Asked:
         """`asked`, for the steps that run only after routing."""
@@ -143,3 +146,9 @@ class Call:
     @property
     def finish_reasons(self) -> list[str]:
         return self.tally.finish_reasons
+
+    @property
+    def route_attributes(self) -> dict[str, object]:
+        """The routing decision's span attributes; empty where no policy chose."""
+        attempts = self.attempts
+        return attempts.span_attributes() if attempts is not None else {}

@@ -3,9 +3,11 @@ entry, routed, its worst case reserved, then relayed whole or streamed."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,10 +16,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meters import MeterError
+from meters import MeterError, RequestTrack
 from proxy.budgets import Usage
 from proxy.errors import ModelNotFound, PermissionDenied, ProxyError
 from proxy.relay import checks, send
+from proxy.relay.attempts import Attempts
 from proxy.relay.call import Asked, Call
 from proxy.relay.endpoints import ENDPOINTS
 from proxy.relay.finish import Finisher
@@ -70,13 +73,29 @@ class Relay:
             if asked.stream:
                 raw = orjson.dumps(body)  # the body as prepared for streaming
             upstream_request = self._upstream_request(request, call, raw)
-            track = asked.upstream.meter.open(call.request_id, asked.model)
+            track = self._track(request, call, raw)
             relay = relay_stream if asked.stream else relay_whole
             return await relay(self.finisher, call, track, upstream_request, reservation)
         except BaseException:
+            if call.attempts is not None and not call.settled:
+                call.attempts.release()
             if not call.settled:
                 await self.services.budgets.release(reservation)
             raise
+
+    def _track(self, request: Request, call: Call, content: bytes) -> RequestTrack:
+        """The request's meter track; with several candidates, one that follows the request
+        to the next candidate when an attempt fails before the answer begins."""
+        attempts, asked = call.attempts, call.need()
+        if attempts is None:
+            return asked.upstream.meter.open(call.request_id, asked.model)
+
+        def request_for(upstream: Upstream) -> httpx.Request:
+            call.asked = dataclasses.replace(call.need(), upstream=upstream)
+            return self._upstream_request(request, call, content)
+
+        attempts.request_for = request_for
+        return attempts.track(call.request_id, asked.model)
 
     async def _admit(self, request: Request, call: Call) -> tuple[bytes, dict[str, Any]]:
         """Authenticate, read, check, route: `call.asked` is set, or an error is raised."""
@@ -89,34 +108,41 @@ class Relay:
         call.model = model
         if not principal.may_use(model):
             raise PermissionDenied(f"this key may not use model {model!r}", param="model")
-        upstream = self._route(model, body, call.team)
-        if upstream is None:
+        candidates = self._route(model, body, call.team)
+        if not candidates:
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         stream = spec.streams and body.get("stream") is True
         default_cap = self.settings.budgets.default_max_tokens
+        prompt_text = spec.prompt_text(body)
+        max_tokens = checks.max_tokens(body, default_cap, *spec.cap_fields) if spec.generates else 0
+        upstream = candidates[0]
+        if len(candidates) > 1:
+            plan = await services.planner.plan(
+                model, candidates, approx_tokens(prompt_text), max_tokens
+            )
+            call.attempts = Attempts(plan, self.settings.routing.max_attempts)
+            upstream = call.attempts.upstream
         call.asked = Asked(
             model=model,
             upstream=upstream,
             stream=stream,
             client_wants_usage=spec.prepare_stream(body) if stream else False,
-            prompt_text=spec.prompt_text(body),
-            max_tokens=checks.max_tokens(body, default_cap, *spec.cap_fields)
-            if spec.generates
-            else 0,
+            prompt_text=prompt_text,
+            max_tokens=max_tokens,
         )
         return raw, body
 
-    def _route(self, model: str, body: dict[str, Any], team: str) -> Upstream | None:
-        """The upstream for `model`; for a response that continues another, the upstream
-        that holds the earlier one, if it serves the model."""
+    def _route(self, model: str, body: dict[str, Any], team: str) -> Sequence[Upstream]:
+        """The candidates for `model`, in priority order; for a response that continues
+        another, only the upstream that holds the earlier one, if it serves the model."""
         previous = body.get("previous_response_id")
         if isinstance(previous, str):
             holder = self.stored.upstream_of(previous, team)
             if holder is not None and (
                 holder.serves_exactly(model) or holder.serves_by_pattern(model)
             ):
-                return holder
-        return self.services.router.route(model)
+                return (holder,)
+        return self.services.router.candidates(model)
 
     def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
         asked = call.need()

@@ -132,20 +132,19 @@ class Attempts:
             "reason": plan.reason,
             "priority_upstream": plan.priority,
         }
-        expected = plan.expected
-        if expected:
-            chosen = expected.get(self.upstream.name)
-            baseline = expected.get(plan.priority)
+        if plan.weighed:
+            chosen = plan.expected(self.upstream.name)
+            baseline = plan.expected(plan.priority)
             out["expected_co2e_g"] = chosen.co2e_g if chosen is not None else None
-            out["worst_co2e_g"] = max(e.co2e_g for e in expected.values())
+            out["worst_co2e_g"] = plan.worst_co2e_g()
             out["priority_co2e_g"] = baseline.co2e_g if baseline is not None else None
         return out
 
     def co2e_avoided_g(self, footprint: Footprint) -> float | None:
         """Carbon avoided against the `priority` choice (None where nothing was weighed)."""
         plan = self.plan
-        chosen = plan.expected.get(self.upstream.name)
-        baseline = plan.expected.get(plan.priority)
+        chosen = plan.expected(self.upstream.name)
+        baseline = plan.expected(plan.priority)
         if not plan.chose or chosen is None or baseline is None:
             return None
         return co2e_avoided_g(
@@ -163,10 +162,10 @@ class Attempts:
             n.FOOTPRINT_ROUTE_ATTEMPTS: self.tried,
             n.FOOTPRINT_ROUTE_REASON: plan.reason,
         }
-        chosen = plan.expected.get(self.upstream.name)
+        chosen = plan.expected(self.upstream.name)
         if chosen is not None:
             out[n.FOOTPRINT_ROUTE_EXPECTED_CO2E_G] = chosen.co2e_g
-            out[n.FOOTPRINT_ROUTE_WORST_CO2E_G] = max(e.co2e_g for e in plan.expected.values())
+            out[n.FOOTPRINT_ROUTE_WORST_CO2E_G] = plan.worst_co2e_g()
         return out
 
     def member(self) -> dict[str, object]:

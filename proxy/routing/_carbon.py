@@ -132,9 +132,12 @@ class RatesCache:
         estimator: Estimator,
         site: SiteFactors,
         hardware: Hardware,
+        now: float | None = None,
     ) -> CarbonRates | None:
+        """The rates of `model` on `upstream` (`now`: the clock's time, if the caller has it)."""
         key = (upstream, model)
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         found = self._rates.get(key)
         if found is not None and found[0] > now:
             return found[1]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from meters import MeterError
 from meters.intensity import GridIntensity
 from proxy.config import RoutingPolicy, RoutingSettings
-from proxy.routing._carbon import Expected, RatesCache
-from proxy.routing._policy import Candidate, order_candidates
+from proxy.routing._carbon import CarbonRates, Expected, RatesCache
+from proxy.routing._policy import Candidate, order_candidates, priority_choice
 
 if TYPE_CHECKING:
     from proxy.upstreams import Upstream
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 INTENSITY_MEMO_S = 1.0
 
 
+class Weighed(NamedTuple):
+    """An upstream's carbon rates for the model and its zone's intensity now."""
+
+    rates: CarbonRates
+    gco2e_per_kwh: float
+
+
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     """The upstreams to try, in order, and how they were chosen."""
@@ -29,10 +36,27 @@ class RoutePlan:
     policy: RoutingPolicy
     upstreams: tuple[Upstream, ...]
     reason: str
-    # lowest-carbon: what this request is expected to cost on each candidate, by name.
-    expected: Mapping[str, Expected] = field(default_factory=dict)
+    # lowest-carbon: each candidate's per-token rates and zone intensity now, by name.
+    weighed: Mapping[str, Weighed] = field(default_factory=dict)
     # The upstream `priority` would have chosen (carbon avoided is counted against it).
     priority: str = ""
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+
+    def expected(self, upstream: str) -> Expected | None:
+        """What this request was expected to cost on `upstream` (lowest-carbon only)."""
+        found = self.weighed.get(upstream)
+        if found is None:
+            return None
+        return Expected.of(found.rates, self.prompt_tokens, self.output_tokens, found.gco2e_per_kwh)
+
+    def worst_co2e_g(self) -> float | None:
+        """The worst candidate's expected gCO2e (lowest-carbon only)."""
+        values = [
+            w.rates.co2e_g(self.prompt_tokens, self.output_tokens, w.gco2e_per_kwh)
+            for w in self.weighed.values()
+        ]
+        return max(values) if values else None
 
     @property
     def candidates(self) -> int:
@@ -80,48 +104,50 @@ class Planner:
         if len(upstreams) == 1:
             only = upstreams[0]
             return RoutePlan(policy, (only,), "the only upstream", priority=only.name)
-        expected: dict[str, Expected] = {}
-        if policy == "lowest-carbon":
-            for upstream in upstreams:
-                found = await self._expected(upstream, model, prompt_tokens, output_tokens)
-                if found is not None:
-                    expected[upstream.name] = found
-        candidates = [
-            Candidate(
-                name=u.name,
-                available=u.health.breaker.available(),
-                full=u.health.full,
-                in_flight=u.health.in_flight,
-                ttft_s=u.health.expected_ttft_s,
-                co2e_g=expected[u.name].co2e_g if u.name in expected else None,
+        weighed: dict[str, Weighed] = {}
+        lowest_carbon = policy == "lowest-carbon"
+        candidates = []
+        now = self._clock()
+        for upstream in upstreams:
+            name = upstream.settings.name
+            health = upstream.health
+            co2e_g = None
+            if lowest_carbon:
+                rates = self.rates.get(
+                    name, model, upstream.estimator, upstream.site, upstream.hardware, now
+                )
+                memo = self._zones.get(upstream.site.zone)
+                gco2e_per_kwh = (
+                    memo[1]
+                    if memo is not None and memo[0] > now
+                    else await self.intensity_now(upstream.site.zone)
+                )
+                if rates is not None and gco2e_per_kwh is not None:
+                    weighed[name] = Weighed(rates, gco2e_per_kwh)
+                    co2e_g = rates.co2e_g(prompt_tokens, output_tokens, gco2e_per_kwh)
+            candidates.append(
+                Candidate(
+                    name,
+                    health.breaker.available(),
+                    health.full,
+                    health.in_flight,
+                    health.expected_ttft_s,
+                    co2e_g,
+                )
             )
-            for u in upstreams
-        ]
         turn = self._turns.get(model, 0)
         if policy == "round-robin":
             self._turns[model] = turn + 1
         ordering = order_candidates(policy, candidates, turn, self._max_extra_ttft_s)
-        priority = order_candidates("priority", candidates).order[0]
         return RoutePlan(
             policy=policy,
             upstreams=tuple(upstreams[i] for i in ordering.order),
             reason=ordering.reason,
-            expected=expected,
-            priority=upstreams[priority].name,
+            weighed=weighed,
+            priority=upstreams[priority_choice(candidates)].name,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
         )
-
-    async def _expected(
-        self, upstream: Upstream, model: str, prompt_tokens: int, output_tokens: int
-    ) -> Expected | None:
-        rates = self.rates.get(
-            upstream.name, model, upstream.estimator, upstream.site, upstream.hardware
-        )
-        if rates is None:
-            return None
-        gco2e_per_kwh = await self.intensity_now(upstream.site.zone)
-        if gco2e_per_kwh is None:
-            return None
-        return Expected.of(rates, prompt_tokens, output_tokens, gco2e_per_kwh)
 
     async def intensity_now(self, zone: str) -> float | None:
         """The zone's grid intensity now (gCO2e/kWh) as the provider gives it, read at most

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.config import RoutingPolicy
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One upstream that serves the model, as the decision sees it."""
+class Candidate(NamedTuple):
+    """One upstream that serves the model, as the decision sees it (a tuple: ten of them are
+    made per request)."""
 
     name: str
     available: bool  # its circuit lets a request through now
@@ -33,6 +34,17 @@ class Ordering:
 
     order: tuple[int, ...]
     reason: str
+
+
+def priority_choice(candidates: Sequence[Candidate]) -> int:
+    """The candidate `priority` would try first: the first ready one, else the first."""
+    for i, c in enumerate(candidates):
+        if c.available and not c.full:
+            return i
+    for i, c in enumerate(candidates):
+        if c.available:
+            return i
+    return 0
 
 
 def order_candidates(

@@ -11,6 +11,7 @@ GPUs needs a short tick); a scrape serves the newest reading, or 503 while the G
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 
 from meters.constants import AGENT_DEFAULT_PORT
+from meters.outage_log import OutageLog
 from meters.sampler import DEFAULT_TICK_S
 from meters.sources.base import EnergySample, EnergySource
 from meters.types import MeterError
@@ -90,6 +92,7 @@ class EnergyAgent:
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._threads: list[threading.Thread] = []
+        self._outage_log = OutageLog(logger, "agent: GPU read")
 
     @property
     def port(self) -> int:
@@ -109,8 +112,9 @@ class EnergyAgent:
         except MeterError as exc:
             with self._lock:
                 self._error = str(exc)
-            logger.warning("agent: %s", exc)
+            self._outage_log.failed(str(exc))
             return
+        self._outage_log.succeeded()
         with self._lock:
             self._sample, self._error = sample, None
 
@@ -190,12 +194,20 @@ def run_agent(
     tick_s: float = DEFAULT_TICK_S,
 ) -> None:
     """Serve the local GPUs' energy counters until interrupted (the `footprint agent` command).
-    `gpus=None` serves every GPU NVML sees."""
+    `gpus=None` serves every GPU NVML sees. Raises `MeterError` when the GPUs cannot be read at
+    start (no driver, no such GPU): an agent that could only ever answer 503 is a mistake to
+    report, not to serve."""
     from meters.sources.nvml import NvmlSource, visible_gpu_indices
 
     if gpus is None:
         gpus = visible_gpu_indices(nvml)
     source = NvmlSource(gpus, nvml=nvml)
+    try:
+        source.read()
+    except MeterError:
+        with contextlib.suppress(MeterError):
+            source.close()
+        raise
     try:
         names = dict(zip(source.gpu_ids, source.gpu_names(), strict=True))
     except MeterError as exc:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import difflib
 import io
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 # from by build_zones.py), not from whichever ecologits is installed.
 TABLE_LABEL = "table:ecologits"
 WORLD_ZONE = "WORLD"
+# Zone ids people write that Electricity Maps spells otherwise (ISO 3166-1 has GB, not UK).
+_ZONE_ALIASES = {"UK": "GB", "EN": "GB", "EL": "GR"}
+# A row's source names the ISO alpha-3 code it was built from ("…electricity_mixes.json KOR: …").
+_ALPHA3_IN_SOURCE = re.compile(r"electricity_mixes\.json ([A-Z]{3}):")
 # zones.csv's note on a row whose water factor is EcoLogits' world average (build_zones.py).
 WORLD_WATER_NOTE = "EWIF world average"
 
@@ -109,6 +115,30 @@ class IntensityTable:
         """Every zone the table has, sorted."""
         return sorted(self._rows)
 
+    def nearest_zones(self, zone: str, limit: int = 3) -> list[str]:
+        """Known zone ids a user may have meant by `zone`, best first (for error messages):
+        the zone of an ISO alpha-3 code (`KOR` → `KR`) or a common alias (`UK` → `GB`), then
+        the closest spellings. Empty when nothing is close."""
+        wanted = zone.strip().upper()
+        found: list[str] = []
+        alias = _ZONE_ALIASES.get(wanted)
+        if alias in self._rows:
+            found.append(alias)
+        for row in self._rows.values():
+            match = _ALPHA3_IN_SOURCE.search(row.source)
+            if match is not None and match.group(1) == wanted:
+                found.append(row.zone)
+        matcher = difflib.SequenceMatcher(b=wanted)
+        scored = []
+        for known in self._rows:
+            matcher.set_seq1(known)
+            ratio = matcher.ratio()
+            if ratio >= 0.5 and known not in found:
+                other_start = known[:1] != wanted[:1]
+                scored.append((-ratio, other_start, known))  # closest, then same start, then A-Z
+        found.extend(known for _, _, known in sorted(scored))
+        return found[:limit]
+
     def row(self, zone: str) -> ZoneRow:
         """The table row that serves `zone`: its own, or its country's for a sub-national zone."""
         wanted = zone.strip().upper()
@@ -117,11 +147,12 @@ class IntensityTable:
             found = self._rows.get("-".join(parts[:end]))
             if found is not None:
                 return found
+        nearest = self.nearest_zones(zone)
+        hint = f" (nearest known: {', '.join(nearest)})" if nearest else ""
         raise UnknownZone(
-            f"unknown grid zone {zone!r}: use an Electricity Maps zone id (for a country its "
-            f"ISO 3166-1 alpha-2 code, e.g. 'KR', 'DE', 'US-CAL-CISO') or 'WORLD'; the "
-            f"{len(self._rows)} zones with figures are in meters/data/zones.csv "
-            "(IntensityTable.shipped().zones())"
+            f"unknown grid zone {zone!r}{hint}: use an Electricity Maps zone id (for a country "
+            f"its ISO 3166-1 alpha-2 code, e.g. 'KR', 'DE', 'US-CAL-CISO') or 'WORLD'; the "
+            f"{len(self._rows)} zones with figures are in meters/data/zones.csv"
         )
 
     def lookup(self, zone: str, *, note: str | None = None) -> Intensity:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from meters.attribution import Attributor, RequestEnergy
+from meters.outage_log import OutageLog
 from meters.sources.base import EnergySample, EnergySource
 from meters.types import MeterError
 
@@ -61,6 +62,8 @@ class Sampler:
         self.reads_total = 0
         self.early_reads_total = 0  # reads the thread took for waiting requests
         self.early_waiters_total = 0  # requests those reads served
+        # A source failing on every tick is logged once a minute, not ten times a second.
+        self._outage_log = OutageLog(logger, f"energy source {source.name}", clock=clock)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -182,14 +185,15 @@ class Sampler:
         try:
             self.sample_now()
         except MeterError as exc:
-            logger.warning("energy source %s failed: %s", self.source.name, exc)
+            self._outage_log.failed(str(exc))
             return str(exc)
         except Exception as exc:
             # A bug in a source must not kill metering silently: log it, count it, go on.
-            logger.exception("energy source %s raised unexpectedly", self.source.name)
             message = f"{type(exc).__name__}: {exc}"
+            self._outage_log.failed(message, exc_info=True)
             self._record_failure(message)
             return message
+        self._outage_log.succeeded()
         return None
 
     def _record_failure(self, message: str) -> None:

@@ -92,8 +92,12 @@ def _common(parser: argparse.ArgumentParser, action: Callable[..., int]) -> None
 
 def _run(action: Callable[..., int], args: argparse.Namespace) -> int:
     try:
-        with admin_client(args) as client:
-            return action(client, args)
+        settings = load_settings(args.config)
+        with admin_client(args, settings=settings) as client:
+            try:
+                return action(client, args)
+            except Refused as refused:
+                raise CliError(why_refused(refused, settings.server.admin_key_env)) from None
     except CliError as error:
         print(f"footprint: {error}", file=sys.stderr)
         return 1
@@ -117,19 +121,44 @@ def admin_client(
     args: argparse.Namespace,
     environ: Mapping[str, str] | None = None,
     transport: httpx.BaseTransport | None = None,
+    settings: Settings | None = None,
 ) -> httpx.Client:
     environ = os.environ if environ is None else environ
-    settings = load_settings(args.config, environ=environ)
+    if settings is None:
+        settings = load_settings(args.config, environ=environ)
     url = proxy_url(settings, args.url, environ)
+    # No key, no header: a proxy with auth "none" answers `report` (its team "default"); one
+    # that wants a key answers 401, and why_refused says which variable to set.
     key = environ.get(settings.server.admin_key_env, "")
-    if not key:
-        raise CliError(f"set {settings.server.admin_key_env} to the proxy's admin key")
     return httpx.Client(
         base_url=url.rstrip("/"),
-        headers={"authorization": f"Bearer {key}"},
+        headers={"authorization": f"Bearer {key}"} if key else {},
         timeout=30.0,
         transport=transport,
     )
+
+
+class Refused(CliError):
+    """The proxy answered 401: the key is missing, wrong, or the admin API is off."""
+
+    def __init__(self, message: str, *, url: str, sent_key: bool) -> None:
+        super().__init__(message)
+        self.message, self.url, self.sent_key = message, url, sent_key
+
+
+def why_refused(refused: Refused, key_env: str) -> str:
+    """One line that says what to set, for a 401 from the proxy at `refused.url`."""
+    if "admin API is off" in refused.message:
+        return (
+            f"the proxy at {refused.url} has no admin key, so its admin API is off: start it "
+            f"with {key_env} set (server.admin_key_env), then set the same value here"
+        )
+    if not refused.sent_key:
+        return (
+            f'the proxy at {refused.url} wants a key (server.auth = "keys"): set {key_env} '
+            "to the value it was started with"
+        )
+    return f"the proxy at {refused.url} refused the key in {key_env}: {refused.message}"
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -139,6 +168,9 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
+        if response.status_code == 401:
+            sent_key = "authorization" in response.request.headers
+            raise Refused(message, url=str(client.base_url).rstrip("/"), sent_key=sent_key)
         raise CliError(f"{response.status_code}: {message}")
     return response
 

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from meters import Hardware, SiteFactors
 from meters.calibration import Calibrations
@@ -30,9 +31,10 @@ from meters.meter import build_meter
 from proxy.auth import Authenticator
 from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
-from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.idle import IdleRecorder
 from proxy.ledger import open_ledger
+from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import Relay
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
@@ -254,6 +256,20 @@ def _no_native_telemetry() -> dict[str, Any]:
     return {"telemetry": {**off, "auto_configure": False}}
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves on the request's path (each asked of the router, as
+    included routers keep their routes to themselves)."""
+    methods = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        scope = {**request.scope, "method": method}
+        if any(
+            isinstance(route, BaseRoute) and route.matches(scope)[0] == Match.FULL
+            for route in app.router.routes
+        ):
+            methods.append(method)
+    return methods
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
@@ -277,9 +293,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = ProxyError(str(exc.detail))
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error"
-        return error.to_response(exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only.
+            headers["allow"] = ", ".join(_allowed_methods(app, request))
+            headers.pop("Allow", None)
+        return error.to_response(headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
+        if ledger_unavailable(exc):
+            log.error("ledger unavailable on %s %s: %r", request.method, request.url.path, exc)
+            return ServiceUnavailable("the ledger is unavailable right now").to_response()
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return ProxyError("internal error in the proxy").to_response()
 

@@ -37,6 +37,8 @@ HEADER_PREFIX = "x-footprint-budget-remaining-"
 # How many settlements to keep for Redis while it is unreachable (policy "allow"); past that
 # the oldest are dropped from Redis's count (the ledger still has them) and logged.
 _MAX_PENDING = 100_000
+# After a store failure, how long requests go on without asking the store again.
+_STORE_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +147,7 @@ def _period_starts(day: str, month: str) -> dict[str, datetime | None]:
     }
 
 
-def _pkey(period: str, day: str, month: str) -> str:
+def period_key(period: str, day: str, month: str) -> str:
     return day if period == "day" else month if period == "month" else "all"
 
 
@@ -167,7 +169,13 @@ class _Backend(Protocol):
     ) -> tuple[bool, list[BudgetLine]]: ...
 
     async def settle(
-        self, team: str, request_id: str, actual: Usage, day: str, month: str
+        self,
+        team: str,
+        request_id: str,
+        actual: Usage,
+        day: str,
+        month: str,
+        recorded_s: float,
     ) -> list[BudgetLine]: ...
 
     async def release(self, team: str, request_id: str) -> None: ...
@@ -176,11 +184,26 @@ class _Backend(Protocol):
 
     async def lines(self, team: str, day: str, month: str) -> list[BudgetLine]: ...
 
+    async def ping(self) -> None: ...
+
+    async def claim(self, request_id: str, team: str) -> bool: ...
+
+    async def unclaim(self, request_id: str) -> None: ...
+
     async def aclose(self) -> None: ...
 
 
 class StoreUnavailable(Exception):
     """The budget store (Redis, or the database behind it) did not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A settlement the store could not take yet; `recorded_s`: when its row was durable."""
+
+    reservation: Reservation
+    actual: Usage
+    recorded_s: float
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +229,7 @@ class LocalBackend:
         self._clock = clock
         self._teams: dict[str, _TeamState] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self._claims: dict[str, str] = {}  # request ids in flight -> team
 
     async def _state(self, team: str, day: str, month: str) -> _TeamState:
         state = self._teams.get(team)
@@ -223,7 +247,7 @@ class LocalBackend:
                 raise StoreUnavailable(repr(exc)) from exc
             state = _TeamState(
                 limits={(m, p): v for m, p, v in limits},
-                used={(m, p, _pkey(p, day, month)): v for (m, p), v in spent.items()},
+                used={(m, p, period_key(p, day, month)): v for (m, p), v in spent.items()},
                 loaded_day=day,
                 loaded_month=month,
             )
@@ -244,7 +268,7 @@ class LocalBackend:
                 metric=m,
                 period=p,
                 limit=limit,
-                used=state.used.get((m, p, _pkey(p, day, month)), 0.0),
+                used=state.used.get((m, p, period_key(p, day, month)), 0.0),
                 reserved=max(0.0, state.reserved[m]),
             )
             for (m, p), limit in sorted(state.limits.items())
@@ -269,13 +293,19 @@ class LocalBackend:
         return True, self._lines(state, day, month)
 
     async def settle(
-        self, team: str, request_id: str, actual: Usage, day: str, month: str
+        self,
+        team: str,
+        request_id: str,
+        actual: Usage,
+        day: str,
+        month: str,
+        recorded_s: float,
     ) -> list[BudgetLine]:
         state = await self._state(team, day, month)
         self._drop_reservation(state, request_id)
         for metric, amount in zip(METRICS, actual.values(), strict=True):
             for period in PERIODS:
-                key = (metric, period, _pkey(period, day, month))
+                key = (metric, period, period_key(period, day, month))
                 state.used[key] = state.used.get(key, 0.0) + amount
         self._expire(state)
         return self._lines(state, day, month)
@@ -301,250 +331,20 @@ class LocalBackend:
         self._expire(state)
         return self._lines(state, day, month)
 
+    async def ping(self) -> None:
+        """Nothing to reach: the counts are in this process."""
+
+    async def claim(self, request_id: str, team: str) -> bool:
+        if request_id in self._claims:
+            return False
+        self._claims[request_id] = team
+        return True
+
+    async def unclaim(self, request_id: str) -> None:
+        self._claims.pop(request_id, None)
+
     async def aclose(self) -> None:
         self._teams.clear()
-
-
-# --------------------------------------------------------------------------------------------
-# Redis
-
-# KEYS: 1 limits hash ("metric|period" -> limit, "_init"), 2 reservations hash (id -> "a,b,c,d,e"),
-# 3 expiries zset (id -> ms), 4 reserved hash (metric -> sum), 5 used hash
-# ("metric|period|period key" -> amount).
-_LUA_COMMON = """
-local METRICS = {'energy_j', 'co2e_g', 'water_ml', 'tokens', 'requests'}
-local function fmt(x) return string.format('%.17g', x) end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function drop(rid)
-  local amounts = redis.call('HGET', KEYS[2], rid)
-  if amounts then
-    local i = 1
-    for v in string.gmatch(amounts, '[^,]+') do
-      redis.call('HINCRBYFLOAT', KEYS[4], METRICS[i], -tonumber(v))
-      i = i + 1
-    end
-    redis.call('HDEL', KEYS[2], rid)
-  end
-  redis.call('ZREM', KEYS[3], rid)
-end
-local function expire()
-  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms())) do drop(rid) end
-end
-local function lines(day, month)
-  local pkeys = {day = day, month = month, total = 'all'}
-  local out = {}
-  local limits = redis.call('HGETALL', KEYS[1])
-  for i = 1, #limits, 2 do
-    local f = limits[i]
-    if f ~= '_init' then
-      local sep = string.find(f, '|', 1, true)
-      local metric, period = string.sub(f, 1, sep - 1), string.sub(f, sep + 1)
-      local ufield = metric .. '|' .. period .. '|' .. pkeys[period]
-      local used = tonumber(redis.call('HGET', KEYS[5], ufield) or '0')
-      local reserved = tonumber(redis.call('HGET', KEYS[4], metric) or '0')
-      table.insert(out, {metric, period, tonumber(limits[i + 1]), used, reserved})
-    end
-  end
-  return out
-end
-local function flat(tag, ls)
-  local out = {tag}
-  for _, l in ipairs(ls) do
-    table.insert(out, l[1]); table.insert(out, l[2])
-    table.insert(out, fmt(l[3])); table.insert(out, fmt(l[4])); table.insert(out, fmt(l[5]))
-  end
-  return out
-end
-if redis.call('HEXISTS', KEYS[1], '_init') == 0 then return {'uninit'} end
-"""
-
-# ARGV: request id, ttl ms, day, month, five worst-case amounts.
-_LUA_RESERVE = (
-    _LUA_COMMON
-    + """
-expire()
-local rid = ARGV[1]
-local ls = lines(ARGV[3], ARGV[4])
-if redis.call('HEXISTS', KEYS[2], rid) == 1 then return flat('ok', ls) end
-local worst = {}
-for i = 1, 5 do worst[METRICS[i]] = tonumber(ARGV[4 + i]) end
-for _, l in ipairs(ls) do
-  local left = l[3] - l[4] - l[5]
-  if left <= 0 or left < worst[l[1]] then return flat('exceeded', ls) end
-end
-if #ls > 0 then
-  local amounts = {}
-  for i = 1, 5 do
-    amounts[i] = fmt(worst[METRICS[i]])
-    redis.call('HINCRBYFLOAT', KEYS[4], METRICS[i], worst[METRICS[i]])
-  end
-  redis.call('HSET', KEYS[2], rid, table.concat(amounts, ','))
-  redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[2]), rid)
-end
-return flat('ok', lines(ARGV[3], ARGV[4]))
-"""
-)
-
-# ARGV: request id ("" for none), day, month, five actual amounts.
-_LUA_SETTLE = (
-    _LUA_COMMON
-    + """
-if ARGV[1] ~= '' then drop(ARGV[1]) end
-local pkeys = {day = ARGV[2], month = ARGV[3], total = 'all'}
-for i = 1, 5 do
-  local v = tonumber(ARGV[3 + i])
-  if v ~= 0 then
-    for period, pk in pairs(pkeys) do
-      redis.call('HINCRBYFLOAT', KEYS[5], METRICS[i] .. '|' .. period .. '|' .. pk, v)
-    end
-  end
-end
-expire()
-return flat('ok', lines(ARGV[2], ARGV[3]))
-"""
-)
-
-_LUA_RELEASE = _LUA_COMMON + "drop(ARGV[1])\nreturn {'ok'}\n"
-
-_LUA_LINES = _LUA_COMMON + "expire()\nreturn flat('ok', lines(ARGV[1], ARGV[2]))\n"
-
-# ARGV: n limits, then n (field, limit) pairs, then (field, used) pairs. Only the first
-# replica to get here writes; limits written meanwhile by PUT win (HSETNX).
-_LUA_INIT = """
-if redis.call('HEXISTS', KEYS[1], '_init') == 1 then return 0 end
-local n = tonumber(ARGV[1])
-for i = 0, n - 1 do redis.call('HSETNX', KEYS[1], ARGV[2 + 2 * i], ARGV[3 + 2 * i]) end
-for i = 2 + 2 * n, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], '_init', '1')
-return 1
-"""
-
-
-def _parse_lines(reply: list[Any]) -> tuple[str, list[BudgetLine]]:
-    tag = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-    items = [x.decode() if isinstance(x, bytes) else str(x) for x in reply[1:]]
-    lines = [
-        BudgetLine(
-            items[i],
-            items[i + 1],
-            float(items[i + 2]),
-            float(items[i + 3]),
-            max(0.0, float(items[i + 4])),
-        )
-        for i in range(0, len(items), 5)
-    ]
-    return tag, lines
-
-
-class RedisBackend:
-    """Counts in Redis, shared by every replica."""
-
-    def __init__(
-        self,
-        store: BudgetStore,
-        redis_url: str,
-        ttl_s: float,
-        *,
-        key_prefix: str = "footprint",
-        timeout_s: float = 1.0,
-        client: Any = None,
-    ) -> None:
-        import redis.asyncio as redis_asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self._store = store
-        self._ttl_ms = int(ttl_s * 1000)
-        self._prefix = key_prefix
-        self._redis = client or redis_asyncio.Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            # A dead Redis must cost one timeout, not a ladder of retries.
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._reserve = self._redis.register_script(_LUA_RESERVE)
-        self._settle = self._redis.register_script(_LUA_SETTLE)
-        self._release = self._redis.register_script(_LUA_RELEASE)
-        self._lines = self._redis.register_script(_LUA_LINES)
-        self._init = self._redis.register_script(_LUA_INIT)
-
-    def _keys(self, team: str) -> list[str]:
-        base = f"{self._prefix}:{{{team}}}:"
-        return [base + s for s in ("limits", "res", "exp", "reserved", "used")]
-
-    async def _run(
-        self, script: Any, team: str, day: str, month: str, args: list[Any]
-    ) -> list[Any]:
-        from redis.exceptions import RedisError
-
-        keys = self._keys(team)
-        try:
-            for _ in range(3):
-                reply = await script(keys=keys, args=args)
-                if reply and reply[0] in (b"uninit", "uninit"):
-                    await self._initialise(team, day, month)
-                    continue
-                return list(reply)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(repr(exc)) from exc
-        raise StoreUnavailable(f"budget state of team {team!r} could not be initialised")
-
-    async def _initialise(self, team: str, day: str, month: str) -> None:
-        """Load `team`'s limits and spent amounts from the database into Redis."""
-        try:
-            limits = await self._store.list_budgets(team)
-            spent = await spent_since_period_starts(self._store, team, day, month)
-        except Exception as exc:
-            raise StoreUnavailable(f"reading budgets from the ledger: {exc!r}") from exc
-        args: list[Any] = [len(limits)]
-        for metric, period, limit in limits:
-            args += [f"{metric}|{period}", repr(float(limit))]
-        for (metric, period), amount in spent.items():
-            args += [f"{metric}|{period}|{_pkey(period, day, month)}", repr(float(amount))]
-        keys = self._keys(team)
-        await self._init(keys=[keys[0], keys[4]], args=args)
-        log.info("budget counts of team %r loaded into Redis from the ledger", team)
-
-    async def reserve(
-        self, team: str, request_id: str, worst: Usage, day: str, month: str
-    ) -> tuple[bool, list[BudgetLine]]:
-        args = [request_id, self._ttl_ms, day, month, *(repr(float(v)) for v in worst.values())]
-        tag, lines = _parse_lines(await self._run(self._reserve, team, day, month, args))
-        return tag == "ok", lines
-
-    async def settle(
-        self, team: str, request_id: str, actual: Usage, day: str, month: str
-    ) -> list[BudgetLine]:
-        args = [request_id, day, month, *(repr(float(v)) for v in actual.values())]
-        _, lines = _parse_lines(await self._run(self._settle, team, day, month, args))
-        return lines
-
-    async def release(self, team: str, request_id: str) -> None:
-        from redis.exceptions import RedisError
-
-        try:
-            await self._release(keys=self._keys(team), args=[request_id])
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(repr(exc)) from exc
-
-    async def set_limit(self, team: str, metric: str, period: str, limit: float) -> None:
-        from redis.exceptions import RedisError
-
-        try:
-            await self._redis.hset(self._keys(team)[0], f"{metric}|{period}", repr(float(limit)))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(repr(exc)) from exc
-
-    async def lines(self, team: str, day: str, month: str) -> list[BudgetLine]:
-        _, lines = _parse_lines(await self._run(self._lines, team, day, month, [day, month]))
-        return lines
-
-    async def aclose(self) -> None:
-        await self._redis.aclose()
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,14 +359,24 @@ class Budgets:
         store: BudgetStore,
         on_store_error: str,
         clock: Callable[[], float] = time.time,
+        *,
+        store_retry_s: float = _STORE_RETRY_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
         self._store = store
         self._on_store_error = on_store_error
         self._clock = clock
+        self._monotonic = monotonic
+        self._store_retry_s = store_retry_s
+        # After a failure the store is not asked again for store_retry_s: a Redis that
+        # accepts connections and never answers costs one timeout per interval, not two per
+        # request.
+        self._store_down_until = 0.0
         # Read by telemetry: how often the budget store failed us.
         self.store_errors = 0
-        self._pending: deque[tuple[str, Usage, str, str]] = deque()
+        self._pending: deque[_Pending] = deque()
+        self._reconciling = asyncio.Lock()
 
     @property
     def pending_reconciliations(self) -> int:
@@ -574,16 +384,49 @@ class Budgets:
 
     def _store_failed(self, what: str, exc: StoreUnavailable) -> None:
         self.store_errors += 1
+        self._store_down_until = self._monotonic() + self._store_retry_s
         log.warning(
             "budget store unavailable during %s (policy %s): %s", what, self._on_store_error, exc
         )
 
+    def _check_store(self) -> None:
+        if self._monotonic() < self._store_down_until:
+            raise StoreUnavailable("the budget store failed moments ago; not asked again yet")
+
+    async def ping(self) -> None:
+        """Raises StoreUnavailable when the budget store does not answer (for /readyz)."""
+        await self._backend.ping()
+
+    async def claim(self, request_id: str, team: str) -> bool:
+        """Mark a client-chosen request id as in flight, for every replica; False when it
+        already is (by any team). Held until `unclaim` (once the request's row is durable,
+        or it failed), or the reservation TTL for a replica that died. With the store down,
+        policy decides as for reservations: "refuse" answers 503, "allow" claims locally."""
+        try:
+            self._check_store()
+            return await self._backend.claim(request_id, team)
+        except StoreUnavailable as exc:
+            self._store_failed("claim", exc)
+            if self._on_store_error == "refuse":
+                raise ServiceUnavailable(
+                    "the budget store is unreachable; requests are refused until it is back"
+                ) from None
+            return True
+
+    async def unclaim(self, request_id: str) -> None:
+        try:
+            self._check_store()
+            await self._backend.unclaim(request_id)
+        except StoreUnavailable as exc:
+            self._store_failed("unclaim", exc)  # it expires on its own
+
     async def reserve(self, team: str, worst: Usage, request_id: str) -> Reservation:
         """Hold `worst` against every budget of `team`; BudgetExceeded when one cannot cover it."""
         day, month = _period_keys(self._clock())
-        if self._pending:
+        if self._pending and not self._reconciling.locked():
             await self.reconcile()
         try:
+            self._check_store()
             ok, lines = await self._backend.reserve(team, request_id, worst, day, month)
         except StoreUnavailable as exc:
             self._store_failed("reserve", exc)
@@ -600,18 +443,23 @@ class Budgets:
         return Reservation(team, request_id, worst, day, month)
 
     async def settle(self, reservation: Reservation, actual: Usage) -> dict[str, float]:
-        """Replace the reservation by what the request really used. Returns what is left per
-        metric the team has a budget on, keyed co2e-g, energy-j, water-ml, tokens, requests
-        (ready for `x-footprint-budget-remaining-<key>`)."""
-        r = reservation
-        if not r.checked:
-            self._queue_pending(r.team, actual, r.day, r.month)
+        """Replace the reservation by what the request really used; call it once the request's
+        ledger row is durable. Returns what is left per metric the team has a budget on, keyed
+        co2e-g, energy-j, water-ml, tokens, requests (ready for
+        `x-footprint-budget-remaining-<key>`). Idempotent per request id."""
+        recorded_s = self._clock()
+        if not reservation.checked:
+            self._queue_pending(reservation, actual, recorded_s)
             return {}
+        r = reservation
         try:
-            lines = await self._backend.settle(r.team, r.request_id, actual, r.day, r.month)
+            self._check_store()
+            lines = await self._backend.settle(
+                r.team, r.request_id, actual, r.day, r.month, recorded_s
+            )
         except StoreUnavailable as exc:
             self._store_failed("settle", exc)
-            self._queue_pending(r.team, actual, r.day, r.month)
+            self._queue_pending(r, actual, recorded_s)
             return {}
         return remaining_by_metric(lines)
 
@@ -620,28 +468,42 @@ class Budgets:
         if not reservation.checked:
             return
         try:
+            self._check_store()
             await self._backend.release(reservation.team, reservation.request_id)
         except StoreUnavailable as exc:
             # It expires on its own after budgets.reservation_ttl_s.
             self._store_failed("release", exc)
 
-    def _queue_pending(self, team: str, actual: Usage, day: str, month: str) -> None:
+    def _queue_pending(
+        self, reservation: Reservation, actual: Usage, recorded_s: float | None = None
+    ) -> None:
         if len(self._pending) >= _MAX_PENDING:
             dropped = self._pending.popleft()
             log.error("budget reconciliation queue full; dropped %r (the ledger has it)", dropped)
-        self._pending.append((team, actual, day, month))
+        when = self._clock() if recorded_s is None else recorded_s
+        self._pending.append(_Pending(reservation, actual, when))
 
     async def reconcile(self) -> int:
-        """Add settlements made while the store was down. Returns how many were applied."""
+        """Apply settlements made while the store was down, one caller at a time (each entry
+        is taken off the queue before it is sent, and put back first if the store fails).
+        Settling is idempotent per request id, so an entry sent twice counts once. Returns
+        how many were applied."""
         applied = 0
-        while self._pending:
-            team, actual, day, month = self._pending[0]
-            try:
-                await self._backend.settle(team, "", actual, day, month)
-            except StoreUnavailable:
-                break
-            self._pending.popleft()
-            applied += 1
+        async with self._reconciling:
+            while self._pending:
+                entry = self._pending.popleft()
+                r = entry.reservation
+                try:
+                    self._check_store()
+                    await self._backend.settle(
+                        r.team, r.request_id, entry.actual, r.day, r.month, entry.recorded_s
+                    )
+                except StoreUnavailable as exc:
+                    self._pending.appendleft(entry)
+                    if self._monotonic() >= self._store_down_until:
+                        self._store_failed("reconcile", exc)
+                    break
+                applied += 1
         if applied:
             log.info("budget store back: reconciled %d settlements", applied)
         return applied
@@ -694,19 +556,23 @@ async def open_budgets(
     *,
     key_prefix: str = "footprint",
     clock: Callable[[], float] = time.time,
-    redis_timeout_s: float = 1.0,
+    redis_timeout_s: float | None = None,
+    store_retry_s: float = _STORE_RETRY_S,
 ) -> Budgets:
     """In-process budgets when `settings.redis_url` is empty, Redis-backed otherwise. Redis
     need not be up yet: `on_store_error` governs requests until it is."""
     backend: _Backend
     if settings.redis_url:
+        from proxy.budgets_redis import RedisBackend
+
         backend = RedisBackend(
             store,
             settings.redis_url,
             settings.reservation_ttl_s,
+            clock,
             key_prefix=key_prefix,
-            timeout_s=redis_timeout_s,
+            timeout_s=settings.redis_timeout_s if redis_timeout_s is None else redis_timeout_s,
         )
     else:
         backend = LocalBackend(store, settings.reservation_ttl_s, clock)
-    return Budgets(backend, store, settings.on_store_error, clock)
+    return Budgets(backend, store, settings.on_store_error, clock, store_retry_s=store_retry_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import sys
@@ -48,6 +49,7 @@ _positive = _number(float, lambda v: v > 0, "a number above 0")
 _non_negative = _number(float, lambda v: v >= 0, "a number, 0 or more")
 _pue = _number(float, lambda v: v >= 1, "at least 1 (facility energy over IT energy)")
 _port = _number(int, lambda v: 0 < v < 65536, "a port number, 1 to 65535")
+_port_or_any = _number(int, lambda v: 0 <= v < 65536, "a port number, 1 to 65535 (0: any free one)")
 
 
 def _accelerator(text: str) -> str:
@@ -77,11 +79,27 @@ def run_server(settings: Settings) -> int:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.server.log_level != "debug":
+        # Alembic says "setup plugin …" seven times at INFO on every start: that is debugging.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if not settings.upstreams:
         print("footprint: no [[upstreams]] configured; nothing to relay to", file=sys.stderr)
         return 2
+    from proxy.ledger import LedgerConfigError, LedgerUnreachable, check_reachable
+
+    try:
+        asyncio.run(check_reachable(settings.ledger))
+    except LedgerConfigError as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 2
+    except LedgerUnreachable as error:
+        print(f"footprint: {error}", file=sys.stderr)
+        return 1
+    from proxy.server import limited_protocol
+
     uvicorn.run(
         create_app(settings),
+        http=limited_protocol(settings.server),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
@@ -94,7 +112,13 @@ def run_server(settings: Settings) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
-    return run_demo(port=args.port, model_dir=args.model_dir, once=args.once, prompt=args.prompt)
+    return run_demo(
+        port=args.port,
+        model_dir=args.model_dir,
+        once=args.once,
+        prompt=args.prompt,
+        model_server_module=args.model_server_module,
+    )
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -140,9 +164,19 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    from meters import MeterError
     from meters.agent import run_agent
 
-    run_agent(args.host, args.port, args.gpus)
+    try:
+        run_agent(args.host, args.port, args.gpus)
+    except MeterError as error:
+        print(f"footprint agent: cannot read this host's GPUs: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(
+            f"footprint agent: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
@@ -165,10 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a small local model (llama.cpp, Gemma 3 270M) and the proxy in front of "
         "it, send one chat request and show its footprint",
     )
-    demo.add_argument("--port", type=_port, default=8080, help="proxy port (default 8080)")
+    demo.add_argument(
+        "--port", type=_port_or_any, default=8080, help="proxy port (default 8080; 0: any free)"
+    )
     demo.add_argument("--model-dir", default=None, help="where to keep the model file")
     demo.add_argument("--prompt", default="Write one sentence about the sea.")
     demo.add_argument("--once", action="store_true", help="exit after the first request")
+    # The module run as the model server, with llama_cpp.server's options: the tests put a
+    # small stand-in here so that CI need not build llama.cpp. Not for users, hence hidden.
+    demo.add_argument("--model-server-module", default="llama_cpp.server", help=argparse.SUPPRESS)
     demo.set_defaults(func=_demo)
 
     estimate = commands.add_parser(
@@ -217,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--host", default="0.0.0.0")
     agent.add_argument("--port", type=_port, default=AGENT_DEFAULT_PORT)
     agent.add_argument(
-        "--gpus", type=int, nargs="*", default=None, help="GPU indices (default: all)"
+        "--gpus", type=_count, nargs="*", default=None, help="GPU indices (default: all)"
     )
     agent.set_defaults(func=_agent)
 

@@ -36,6 +36,7 @@ from meters.constants import (
     UnknownAccelerator,
     accelerator,
 )
+from meters.intensity import IntensityTable, UnknownZone
 
 ENV_PREFIX = "FOOTPRINT_"
 
@@ -63,6 +64,10 @@ class ServerSettings(_Section):
     auth: Literal["keys", "none"] = "keys"
     admin_key_env: str = "FOOTPRINT_ADMIN_KEY"
     max_body_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+    # The request line and headers together; over it: 431, connection closed.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    # From the end of the headers to the end of the body; over it: 408, connection closed.
+    body_read_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     footprint_in_body: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -74,6 +79,15 @@ class LedgerSettings(_Section):
     # batch_max_rows big or batch_max_delay_ms old.
     batch_max_rows: Annotated[int, Field(gt=0)] = 256
     batch_max_delay_ms: Annotated[float, Field(ge=0)] = 2.0
+    # PostgreSQL connections per replica: pool_size kept open (the row writer holds one of
+    # them), pool_max_overflow more under a burst. 4 + 2: three replicas take at most 18 of a
+    # default server's 100. A request that finds none free within pool_timeout_s is a 503.
+    pool_size: Annotated[int, Field(ge=1, le=100)] = 4
+    pool_max_overflow: Annotated[int, Field(ge=0, le=100)] = 2
+    pool_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # PostgreSQL unreachable at start: retry this long (one log line each time), then exit.
+    connect_retry_s: Annotated[float, Field(ge=0)] = 30.0
 
     @field_validator("url")
     @classmethod
@@ -91,6 +105,9 @@ class BudgetSettings(_Section):
     on_store_error: Literal["refuse", "allow"] = "allow"
     default_max_tokens: Annotated[int, Field(gt=0)] = 1024
     reservation_ttl_s: Annotated[float, Field(gt=0)] = 600.0
+    # Socket timeout of every Redis call (connect and reply). After a failure Redis is not
+    # asked again for a second, so a Redis that never answers costs one timeout per second.
+    redis_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
 
     @field_validator("redis_url")
     @classmethod
@@ -193,6 +210,14 @@ class UpstreamSettings(_Section):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     max_connections: Annotated[int, Field(gt=0)] = 256
+    # How long an idle upstream connection is kept for reuse. Below the upstream's own
+    # keep-alive (uvicorn, so vLLM and llama.cpp's Python servers: 5 s; Node: 5 s), or the
+    # upstream closes a connection just as a request is sent on it, and that request fails
+    # with a 502 (ReadError). 0: a new connection per request.
+    keepalive_expiry_s: Annotated[float, Field(ge=0)] = 4.0
+    # The most bytes an upstream's whole answer, or one event of its stream, may have; over
+    # it the request is a 502 (a stream: cut with an error event).
+    max_response_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
     # Where the upstream's own tokenizer answers, used to count prompt tokens when the upstream
     # streams no usage: vLLM's http://host:8000/tokenize, llama.cpp's server /tokenize,
     # llama-cpp-python's /extras/tokenize. `tokenize_format` names the request shape; `auto`
@@ -220,7 +245,32 @@ class UpstreamSettings(_Section):
     @field_validator("zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        return value.strip().upper() or "WORLD"
+        # A zone without figures would let requests through that can be neither metered nor
+        # recorded: refuse it at start, with the zones the user may have meant.
+        zone = value.strip().upper() or "WORLD"
+        try:
+            IntensityTable.shipped().row(zone)
+        except UnknownZone as exc:
+            raise ValueError(str(exc)) from None
+        return zone
+
+    @model_validator(mode="after")
+    def _metered_gpus_are_the_hardware(self) -> UpstreamSettings:
+        # Measured energy comes from meter.gpus; embodied carbon and the estimator fallback
+        # scale by hardware.gpus. If they disagree the figures do (8 GPUs metered, 1 embodied).
+        if self.meter.kind == "estimate":
+            return self
+        gpus = self.meter.gpus
+        repeated = sorted({g for g in gpus if gpus.count(g) > 1})
+        if repeated:
+            raise ValueError(f"meter.gpus lists GPU {repeated[0]} more than once: {gpus}")
+        if len(gpus) != self.hardware.gpus:
+            raise ValueError(
+                f"hardware.gpus = {self.hardware.gpus} but meter.gpus = {gpus} meters "
+                f"{len(gpus)} GPU(s): set hardware.gpus = {len(gpus)} or list the GPUs the "
+                "model runs on in meter.gpus"
+            )
+        return self
 
 
 RoutingPolicy = Literal["priority", "round-robin", "least-busy", "lowest-carbon"]
@@ -302,7 +352,21 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             continue  # FOOTPRINT_ADMIN_KEY and other secrets are not settings
         path = name[len(ENV_PREFIX) :].lower().split("__")
         node: Any = data
-        for i, part in enumerate(path[:-1]):
+        for i, part in enumerate(path):
+            # A path through a value ("SERVER__PORT__X") or a list by name is the user's slip:
+            # one line naming the variable, not a TypeError from deep in here.
+            if not isinstance(node, dict | list) or (isinstance(node, list) and not part.isdigit()):
+                where = ".".join(path[:i]) or "(top level)"
+                raise ConfigError(
+                    f"configuration error: {name}: {where} is "
+                    + (
+                        "a list: the next part must be a number"
+                        if isinstance(node, list)
+                        else "a value, not a table"
+                    )
+                )
+            if i == len(path) - 1:
+                break
             nxt_is_index = path[i + 1].isdigit()
             if isinstance(node, list):
                 index = int(part)
@@ -327,6 +391,8 @@ def _describe(error: ValidationError) -> str:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    elif first["type"] == "value_error":
+        message = str(first.get("ctx", {}).get("error", message))  # without "Value error, "
     return f"configuration error: {key}: {message}"
 
 

@@ -98,6 +98,14 @@ class Conflict(ProxyError):
     code = "conflict"
 
 
+class DuplicateRequestId(ProxyError):
+    """An `x-request-id` already in flight or recorded (409)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "duplicate_request_id"
+
+
 class RequestTooLarge(ProxyError):
     status_code = 413
     error_type = "invalid_request_error"

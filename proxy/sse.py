@@ -13,32 +13,79 @@ import orjson
 DONE = b"[DONE]"
 
 
+class EventTooLarge(ValueError):
+    """An event grew past the splitter's size limit without ending."""
+
+
 class SSESplitter:
-    """Splits a byte stream into complete SSE events (each returned with its terminator)."""
+    """Splits a byte stream into complete SSE events (each returned with its terminator).
 
-    __slots__ = ("_buffer",)
+    Linear in the bytes fed: each chunk is normalised (CR LF and lone CR to LF) once as it
+    arrives, only the bytes not yet searched are searched for the blank line, and an event
+    that spans many chunks is appended to a bytearray rather than copied anew per chunk. A
+    CR at the very end of a chunk waits for the next one (it may be half of a CR LF). An
+    event over `max_event_bytes` raises EventTooLarge."""
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    __slots__ = ("_buffer", "_carry_cr", "_max_event_bytes", "_searched")
+
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._buffer = bytearray()
+        self._searched = 0  # bytes of the buffer known to hold no blank line
+        self._carry_cr = False
+        self._max_event_bytes = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._carry_cr:
+            chunk = b"\r" + chunk
+            self._carry_cr = False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk = chunk[:-1]
+                self._carry_cr = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not self._buffer:
+            return self._split(chunk, 0)
+        # A blank line may straddle the old end: search from one byte before it.
+        search_from = max(0, self._searched - 1)
+        self._buffer += chunk
+        data = self._buffer
+        if data.find(b"\n\n", search_from) < 0:
+            self._searched = len(data)
+            self._check_size()
+            return []
+        self._buffer = bytearray()
+        self._searched = 0
+        return self._split(bytes(data), search_from)
+
+    def _split(self, data: bytes, search_from: int) -> list[bytes]:
         events: list[bytes] = []
         start = 0
         while True:
-            end = data.find(b"\n\n", start)
+            end = data.find(b"\n\n", max(start, search_from))
             if end < 0:
                 break
             events.append(data[start : end + 2])
             start = end + 2
-        self._buffer = data[start:]
+        if start < len(data):
+            self._buffer = bytearray(data[start:]) if start else bytearray(data)
+            self._searched = len(self._buffer)
+            self._check_size()
         return events
+
+    def _check_size(self) -> None:
+        limit = self._max_event_bytes
+        if limit is not None and len(self._buffer) > limit:
+            size = len(self._buffer)
+            self._buffer = bytearray()
+            self._searched = 0
+            raise EventTooLarge(f"an event of the stream passed {limit} bytes ({size} so far)")
 
     def rest(self) -> bytes:
         """Whatever arrived after the last complete event (a stream cut mid-event)."""
-        rest, self._buffer = self._buffer, b""
+        rest = bytes(self._buffer) + (b"\r" if self._carry_cr else b"")
+        self._buffer = bytearray()
+        self._searched = 0
+        self._carry_cr = False
         return rest
 
 

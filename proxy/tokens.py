@@ -56,6 +56,24 @@ def approx_tokens(text: str) -> int:
     return max(1, round(len(text) / CHARS_PER_TOKEN))
 
 
+# The longest piece of text that one token of a streamed delta is taken to be.
+_ONE_TOKEN_MAX_CHARS = 16
+
+
+def delta_tokens(text: str) -> int:
+    """Output tokens in one streamed delta's text. Servers that stream without usage
+    (llama.cpp, Ollama) send one token per chunk: a single word piece (no whitespace after an
+    optional leading space) counts one, however long, where the rule of thumb would count a
+    six-letter piece as two. A delta of several words (a server that batches tokens into a
+    chunk) is counted by the rule of thumb."""
+    if not text:
+        return 0
+    piece = text[1:] if text[0] == " " else text
+    if len(text) <= _ONE_TOKEN_MAX_CHARS and not any(ch.isspace() for ch in piece):
+        return 1
+    return approx_tokens(text)
+
+
 TokenizeShape = Literal["auto", "vllm", "llama.cpp", "llama-cpp-python"]
 
 

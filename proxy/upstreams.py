@@ -59,6 +59,15 @@ class Upstream:
     def host(self) -> str:
         return httpx.URL(self.settings.base_url).host
 
+    def redact(self, data: bytes) -> bytes:
+        """`data` with the upstream's own credential (the key its client sends) cut out, for
+        anything of the upstream's that is passed on to a client."""
+        authorization = self.client.headers.get("authorization", "")
+        secret = authorization.partition(" ")[2].strip() or authorization.strip()
+        if len(secret) < 4:
+            return data
+        return data.replace(secret.encode(), b"[redacted]")
+
     def post_request(self, path: str, content: bytes, headers: Mapping[str, str]) -> httpx.Request:
         """A POST of `content` to `path` under the upstream's base URL, for `client.send`:
         what `client.build_request` makes (the client's headers, then `headers`, lower-case
@@ -170,7 +179,7 @@ def build_client(
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,
-        keepalive_expiry=30.0,
+        keepalive_expiry=settings.keepalive_expiry_s,
     )
     return UpstreamClient(
         base_url=settings.base_url,

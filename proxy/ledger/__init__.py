@@ -5,6 +5,7 @@ holds teams, keys and budgets in the same database.
 """
 
 from proxy.ledger._engine import LedgerConfigError
+from proxy.ledger._health import LedgerUnreachable, check_reachable, unavailable
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
 from proxy.ledger._records import (
     METRICS,
@@ -34,11 +35,14 @@ __all__ = [
     "Ledger",
     "LedgerConfigError",
     "LedgerRecord",
+    "LedgerUnreachable",
     "LedgerWriteError",
     "Store",
     "UnknownTeam",
     "as_utc",
+    "check_reachable",
     "figure_columns",
     "iso",
     "open_ledger",
+    "unavailable",
 ]

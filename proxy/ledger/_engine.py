@@ -21,6 +21,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from proxy.config import LedgerSettings
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -51,13 +53,14 @@ class SQLiteTarget:
     synchronous: str
 
 
-def build_engine(url_text: str) -> AsyncEngine:
-    """An async engine for `url_text` (sqlite:///… or postgresql://…), pragmas applied."""
+def build_engine(url_text: str, settings: LedgerSettings | None = None) -> AsyncEngine:
+    """An async engine for `url_text` (sqlite:///… or postgresql://…), pragmas applied;
+    PostgreSQL's pool sized by `settings` (the defaults of `LedgerSettings` without)."""
     url = make_url(url_text)
     if url.drivername in ("sqlite", "sqlite+aiosqlite"):
         return _sqlite_engine(url)
     if url.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
-        return _postgres_engine(url)
+        return _postgres_engine(url, settings or LedgerSettings())
     raise LedgerConfigError(f"ledger URL must be sqlite:///… or postgresql://…, got {url_text!r}")
 
 
@@ -93,9 +96,6 @@ def _synchronous(url: URL) -> str:
 def _sqlite_engine(url: URL) -> AsyncEngine:
     synchronous = _synchronous(url)
     query = {k: v for k, v in url.query.items() if k != "synchronous"}
-    database = url.database or ""
-    if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
         url.set(drivername="sqlite+aiosqlite", query=query),
         # Readers wait for a writer's lock instead of failing at once.
@@ -109,10 +109,11 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
     return engine
 
 
-def _postgres_engine(url: URL) -> AsyncEngine:
+def _postgres_engine(url: URL, settings: LedgerSettings) -> AsyncEngine:
     query = dict(url.query)
     schema = query.pop("schema", None)
-    connect_args: dict[str, Any] = {}
+    # A server that does not answer costs a bounded wait, not asyncpg's default 60 s.
+    connect_args: dict[str, Any] = {"timeout": settings.connect_timeout_s}
     if schema is not None:
         schema = str(schema)
         if not _SCHEMA_NAME.match(schema):
@@ -121,8 +122,12 @@ def _postgres_engine(url: URL) -> AsyncEngine:
     return create_async_engine(
         url.set(drivername="postgresql+asyncpg", query=query),
         connect_args=connect_args,
-        pool_size=10,
-        max_overflow=20,
+        # Small by default (ledger.pool_size): several replicas and other clients share one
+        # PostgreSQL, whose default is 100 connections in all.
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_max_overflow,
+        pool_timeout=settings.pool_timeout_s,
+        pool_pre_ping=False,
     )
 
 

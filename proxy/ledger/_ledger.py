@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.config import LedgerSettings
 from proxy.ledger._engine import build_engine, migrate, sqlite_target
+from proxy.ledger._health import SQLiteFile, check_sqlite_start, write_marker
 from proxy.ledger._records import LedgerRecord, as_utc, row_to_json
 from proxy.ledger._schema import idle, requests
 from proxy.ledger._series import SeriesQueries
 from proxy.ledger._sqlite_writer import SQLiteBatchWriter
 from proxy.ledger._store import Store
 from proxy.ledger._usage import GROUP_KEYS, IdleInterval, aggregate, split_idle_by_day
-from proxy.ledger._writer import GroupCommitWriter
+from proxy.ledger._writer import GroupCommitWriter, LedgerWriteError
 
 IdlePolicy = Literal["report", "spread"]
 
@@ -57,10 +58,23 @@ class Ledger(Store, SeriesQueries):
         dialect = engine.dialect.name
         target = sqlite_target(settings.url)
         self._writer: GroupCommitWriter | SQLiteBatchWriter
+        self._file: SQLiteFile | None = None
+        # Set when a row failed to commit, cleared by the next that commits or by a probe.
+        self._write_failed = False
         if target is not None:
+            self._file = SQLiteFile(target.database)
             self._writer = SQLiteBatchWriter(
-                target.database, target.synchronous, max_rows=settings.batch_max_rows
+                target.database,
+                target.synchronous,
+                max_rows=settings.batch_max_rows,
+                check_file=self._file.check,
             )
+            guard = self._file
+
+            @event.listens_for(engine.sync_engine, "begin")
+            def _file_still_there(_conn: Any) -> None:
+                guard.check()
+
         else:
             self._writer = GroupCommitWriter(
                 engine,
@@ -102,7 +116,12 @@ class Ledger(Store, SeriesQueries):
         Rows are group-committed: on a SQLite file by a writer thread (one thread hop and one
         commit per batch; see `SQLiteTarget` for what the `synchronous` level promises), on
         PostgreSQL by one pipelined, atomic `executemany` per batch."""
-        await self._writer.submit(record.to_row())
+        try:
+            await self._writer.submit(record.to_row())
+        except LedgerWriteError:
+            self._write_failed = True
+            raise
+        self._write_failed = False
 
     async def record_idle(
         self,
@@ -130,6 +149,12 @@ class Ledger(Store, SeriesQueries):
             await conn.execute(insert(idle).values(**values))
 
     # -- reading ----------------------------------------------------------------------------
+
+    async def has_request(self, request_id: str) -> bool:
+        """Whether a row with `request_id` exists, of any team (one primary-key lookup)."""
+        query = select(requests.c.request_id).where(requests.c.request_id == request_id)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
 
     async def get_request(self, request_id: str, team: str | None) -> dict[str, Any] | None:
         """The record of one request; with `team`, only if it is that team's."""
@@ -255,9 +280,17 @@ class Ledger(Store, SeriesQueries):
         return out
 
     async def ping(self) -> None:
-        """Raises if the database cannot be reached."""
+        """Raises unless the ledger can write: the SQLite file is the one opened and writable,
+        the database answers, and, after a row failed to commit, a probe row can be inserted
+        (in a transaction rolled back, so nothing is kept)."""
+        if self._file is not None:
+            self._file.check()
         async with self._engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+            if self._write_failed:
+                await conn.execute(insert(requests).values(**_PROBE.to_row()))
+                await conn.rollback()
+                self._write_failed = False
 
     async def count_requests(self) -> int:
         async with self._engine.connect() as conn:
@@ -272,6 +305,42 @@ class Ledger(Store, SeriesQueries):
 
     async def _start(self) -> None:
         await self._writer.start()
+        if self._file is not None:
+            self._file.remember()
+            write_marker(self._file.path)
+
+
+# What `ping` tries to insert (and rolls back) after a failed write.
+_PROBE = LedgerRecord(
+    request_id="footprint-readiness-probe",
+    created_at=datetime(2000, 1, 1, tzinfo=UTC),
+    team="footprint-probe",
+    key_id=None,
+    model="probe",
+    upstream="probe",
+    endpoint="chat.completions",
+    stream=False,
+    status=200,
+    cancelled=False,
+    error=None,
+    prompt_tokens=0,
+    completion_tokens=0,
+    tokens_counted=False,
+    method="estimated",
+    basis="probe",
+    gpu_energy_j=0.0,
+    energy_j=0.0,
+    co2e_g=0.0,
+    embodied_co2e_g=0.0,
+    water_ml=0.0,
+    zone="WORLD",
+    grid_gco2e_per_kwh=0.0,
+    pue=1.0,
+    intensity_source="probe",
+    trace_id=None,
+    duration_ms=0.0,
+    overhead_ms=0.0,
+)
 
 
 def _sum_idle_per_upstream(by_day: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
@@ -297,7 +366,10 @@ def _revocation_file(engine: AsyncEngine) -> Path | None:
 
 async def open_ledger(settings: LedgerSettings) -> Ledger:
     """Connect to `settings.url`, bring the schema up to date, start the group-commit writer."""
-    engine = build_engine(settings.url)
+    target = sqlite_target(settings.url)
+    if target is not None:
+        check_sqlite_start(target.database)
+    engine = build_engine(settings.url, settings)
     try:
         await migrate(engine)
     except BaseException:

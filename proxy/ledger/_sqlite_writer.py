@@ -58,8 +58,18 @@ def _compiled_insert() -> tuple[str, list[tuple[str, Callable[[Any], Any] | None
 class SQLiteBatchWriter:
     """Group-committed inserts into `requests` from one thread of its own."""
 
-    def __init__(self, database: str, synchronous: str, *, max_rows: int) -> None:
+    def __init__(
+        self,
+        database: str,
+        synchronous: str,
+        *,
+        max_rows: int,
+        check_file: Callable[[], None] = lambda: None,
+    ) -> None:
         self._database = database
+        # Raises LedgerWriteError when the file is gone or unwritable (see `_health`):
+        # asked before every batch, since SQLite itself would write on into a deleted file.
+        self._check_file = check_file
         self._synchronous = synchronous
         self._max_rows = max_rows
         self._sql, self._params = _compiled_insert()
@@ -155,6 +165,12 @@ class SQLiteBatchWriter:
         return batch, False
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        try:
+            self._check_file()
+        except LedgerWriteError as exc:
+            log.error("ledger batch of %d rows refused: %s", len(batch), exc)
+            self._wake(_settle_batch, [f for _, f in batch], [exc] * len(batch))
+            return
         errors: list[BaseException | None] = [None] * len(batch)
         values: list[tuple[Any, ...]] = []
         for i, (row, _) in enumerate(batch):
@@ -238,6 +254,8 @@ def _settle_batch(futures: list[asyncio.Future[None]], errors: list[BaseExceptio
             continue
         if error is None:
             future.set_result(None)
+        elif isinstance(error, LedgerWriteError):
+            future.set_exception(error)
         else:
             failure = LedgerWriteError(f"ledger write failed: {error!r}")
             failure.__cause__ = error

@@ -23,6 +23,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from proxy.errors import ServiceUnavailable
+
 log = logging.getLogger("footprint.ledger")
 
 InsertBatch = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[None]]
@@ -30,8 +32,16 @@ InsertBatch = Callable[[AsyncConnection, list[dict[str, Any]]], Awaitable[None]]
 _STOP = object()
 
 
-class LedgerWriteError(Exception):
-    """A batch could not be committed; the rows in it are not durable."""
+class LedgerWriteError(ServiceUnavailable):
+    """A row could not be committed (it is not durable). The client sees a 503
+    `service_unavailable`; the reason, which may name files or hosts, goes to the log only."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("the ledger cannot write right now; this request was not recorded")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class GroupCommitWriter:

@@ -105,7 +105,7 @@ class Attempts:
                     or self.request_for is None
                 ):
                     return response
-                await read_error(response)
+                await read_error(upstream, response)
                 log.warning(
                     "request %s: upstream %s answered %d; trying %s",
                     track.request_id,

@@ -30,6 +30,7 @@ class Asked:
     client_wants_usage: bool
     prompt_text: str
     max_tokens: int
+    choices: int = 1  # completions generated (n, or best_of where larger)
 
 
 @dataclass(slots=True)
@@ -59,7 +60,10 @@ class Call:
     __slots__ = (
         "asked",
         "attempts",
+        "claimed",
+        "client_id",
         "key_id",
+        "meter_closed",
         "model",
         "received_at",
         "request_id",
@@ -90,6 +94,9 @@ class Call:
         self.telemetry: RequestTelemetry | None = None
         self.settled = False  # the budget reservation has been settled
         self.attempts: Attempts | None = None  # set once routed: the route plan and its tries
+        self.client_id = False  # the request id is the client's own x-request-id
+        self.claimed = False  # that id is claimed as in flight (see Budgets.claim)
+        self.meter_closed = False
 
     def need(self) -> Asked:
         """`asked`, for the steps that run only after routing."""

@@ -11,11 +11,11 @@ from proxy.errors import ProxyError
 from proxy.relay import checks
 from proxy.relay.attach import event_with_footprint
 from proxy.relay.facts import AnswerFacts, Body, ErrorShape, EventFacts, StreamEnd, TokenUsage
-from proxy.tokens import approx_tokens
+from proxy.tokens import approx_tokens, delta_tokens
 
-OPENAI_ERRORS = ErrorShape(body=ProxyError.body)
+OPENAI_ERRORS = ErrorShape(body=ProxyError.body, event=ProxyError.sse_event, last=sse.DONE_EVENT)
 
-_COUNTS = ("max_tokens", "max_completion_tokens", "n")
+_COUNTS = ("max_tokens", "max_completion_tokens", "n", "best_of")
 
 
 # ---- checks --------------------------------------------------------------------------------
@@ -43,8 +43,9 @@ def check_embeddings(body: Body) -> None:
 
 
 def count(value: object) -> int | None:
-    """A token count as an upstream reports it, or None when it is not one."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """A token count as an upstream reports it, or None when it is not one (or more than the
+    ledger's 32-bit column holds: counted by the proxy instead)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= checks.MAX_COUNT:
         return value
     return None
 
@@ -106,12 +107,12 @@ def read_embeddings(answer: Body) -> AnswerFacts:
 
 
 def _delta_tokens(choice: dict[str, Any]) -> int:
-    """Output tokens in one streamed choice: its new text by the rule of thumb, and at least
+    """Output tokens in one streamed choice: its new text (`delta_tokens`), and at least
     one for a choice that brought anything (a tool call's first delta carries only a name)."""
     delta = choice.get("delta")
     if not isinstance(delta, dict):
         text = choice.get("text")
-        return approx_tokens(text) if isinstance(text, str) else 0
+        return delta_tokens(text) if isinstance(text, str) else 0
     parts = [delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning")]
     for call in delta.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
@@ -119,7 +120,7 @@ def _delta_tokens(choice: dict[str, Any]) -> int:
             parts.append(function.get("arguments"))
     text = "".join(p for p in parts if isinstance(p, str))
     brought = bool(text) or bool(delta.get("tool_calls"))
-    return max(approx_tokens(text), 1 if brought else 0)
+    return max(delta_tokens(text), 1 if brought else 0)
 
 
 def read_chunk(chunk: Body) -> EventFacts:

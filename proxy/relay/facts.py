@@ -82,10 +82,13 @@ class StreamEnd:
 
 @dataclass(frozen=True, slots=True)
 class ErrorShape:
-    """How an API family writes the proxy's own errors as a whole answer (in a stream, its
-    `close_stream` writes them)."""
+    """How an API family writes the proxy's own errors: as a whole answer (`body`), and as
+    the events that end a stream which cannot be finished (`event`, then `last`). A stream
+    cut by its upstream is closed by the endpoint's `close_stream` instead."""
 
     body: Callable[[ProxyError], dict[str, object]]
+    event: Callable[[ProxyError], bytes]
+    last: bytes = b""
 
     def response(self, error: ProxyError, extra_headers: Mapping[str, str]) -> Response:
         """`error` as a whole answer, with its own headers and `extra_headers`."""

@@ -74,7 +74,17 @@ class Finisher:
         footprint = await self.footprint(upstream, measurement)
         duration_s = time.perf_counter() - call.started
         call.tally.overhead_ms = max(0.0, (duration_s - call.tally.upstream_s) * 1000.0)
-        await self.services.ledger.record(ledger_record(call, footprint, duration_s))
+        budgets = self.services.budgets
+        try:
+            await self.services.ledger.record(ledger_record(call, footprint, duration_s))
+        except BaseException:
+            # Not recorded, so not charged: the reservation goes back at once (a stream's
+            # would otherwise be held until it expired).
+            await budgets.release(reservation)
+            call.settled = True
+            raise
+        finally:
+            await self.unclaim(call)
         call.settled = True
         if call.tally.response_id is not None:
             self.owners.remember(call.tally.response_id, upstream.name, call.team)
@@ -118,9 +128,23 @@ class Finisher:
         call.tally.status, call.tally.error = status, f"upstream_{status}"
         await self.finish(call, track, reservation)
 
+    async def unclaim(self, call: Call) -> None:
+        """Let the client's request id go (its row is durable, or the request failed)."""
+        if call.claimed:
+            call.claimed = False
+            await self.services.budgets.unclaim(call.request_id)
+
+    async def abandon(self, call: Call, track: RequestTrack) -> None:
+        """Close the meter of a request that will not be finished (an error escaped), so its
+        track never stays open (idle energy would stop being booked)."""
+        if not call.meter_closed:
+            call.tally.cancelled = True
+            await self._close_meter(call, track)
+
     async def _close_meter(self, call: Call, track: RequestTrack) -> Measurement:
         tally = call.tally
         latency_s = time.perf_counter() - call.started
+        call.meter_closed = True
         try:
             measurement = await track.close(
                 prompt_tokens=tally.prompt_tokens,

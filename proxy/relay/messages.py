@@ -27,7 +27,7 @@ from proxy.relay.facts import (
     Held,
     StreamEnd,
 )
-from proxy.tokens import approx_tokens
+from proxy.tokens import approx_tokens, delta_tokens
 
 # HTTP status → Anthropic's error type (docs.anthropic.com, "Errors").
 _ERROR_TYPES = {
@@ -46,7 +46,12 @@ def error_body(error: ProxyError) -> dict[str, object]:
     return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
-ERRORS = ErrorShape(body=error_body)
+def error_event(error: ProxyError) -> bytes:
+    """`error` as the `error` event of a Messages stream."""
+    return sse.named_event("error", error_body(error))
+
+
+ERRORS = ErrorShape(body=error_body, event=error_event)
 
 
 def credential(headers: Mapping[str, str]) -> str | None:
@@ -119,7 +124,7 @@ def read_event(event: Body) -> EventFacts:
     kind = event.get("type")
     if kind == "content_block_delta":
         text = _delta_text(event.get("delta"))
-        return EventFacts(text_tokens=max(approx_tokens(text), 1 if text else 0))
+        return EventFacts(text_tokens=delta_tokens(text))
     if kind == "message_start" and isinstance(event.get("message"), dict):
         message = event["message"]
         usage = read_usage(message.get("usage"), "input_tokens", "output_tokens")

@@ -4,6 +4,7 @@ entry, routed, its worst case reserved, then relayed whole or streamed."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 import uuid
@@ -18,7 +19,7 @@ from starlette.responses import Response
 
 from meters import MeterError, RequestTrack
 from proxy.budgets import Usage
-from proxy.errors import ModelNotFound, PermissionDenied, ProxyError
+from proxy.errors import DuplicateRequestId, ModelNotFound, PermissionDenied, ProxyError
 from proxy.relay import checks, send
 from proxy.relay.attempts import Attempts
 from proxy.relay.call import Asked, Call
@@ -32,6 +33,12 @@ from proxy.services import Services
 from proxy.tokens import approx_tokens
 from proxy.upstreams import Upstream
 
+log = logging.getLogger("footprint.relay")
+
+
+def _new_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
 
 class Relay:
     """Relays requests to upstreams; one instance per app, held on `app.state`."""
@@ -44,43 +51,70 @@ class Relay:
         self.stored = StoredResponses(services, self.owners)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
-        """Relay one request to `endpoint` (a key of `ENDPOINTS`); every outcome is an answer."""
+        """Relay one request to `endpoint` (a key of `ENDPOINTS`); every outcome is an answer,
+        and every answer carries the request's id."""
+        own_id = request.headers.get("x-request-id")
         call = Call(
-            request_id=request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}",
+            request_id=own_id if own_id and checks.valid_request_id(own_id) else _new_id(),
             spec=ENDPOINTS[endpoint],
             started=time.perf_counter(),
             received_at=datetime.now(UTC),
         )
+        call.client_id = call.request_id == own_id
         telemetry = self.services.telemetry
         if telemetry is not None:
             call.telemetry = telemetry.begin(request.headers, call)
         try:
+            if own_id and not call.client_id:
+                checks.check_request_id(own_id)  # raises: say why the id was refused
             return await self._handle(request, call)
         except ProxyError as error:
-            call.tally.status = error.status_code
-            call.tally.error = error.code or error.error_type
-            if telemetry is not None and call.telemetry is not None:
-                telemetry.fail(call.telemetry, call, error)
-            return call.spec.errors.response(error, {"x-request-id": call.request_id})
+            return self._refusal(call, error)
+        except Exception:
+            log.exception("request %s: unexpected error", call.request_id)
+            return self._refusal(call, ProxyError("internal error in the proxy"))
+
+    def _refusal(self, call: Call, error: ProxyError) -> Response:
+        call.tally.status = error.status_code
+        call.tally.error = error.code or error.error_type
+        telemetry = self.services.telemetry
+        if telemetry is not None and call.telemetry is not None:
+            telemetry.fail(call.telemetry, call, error)
+        return call.spec.errors.response(error, {"x-request-id": call.request_id})
 
     async def _handle(self, request: Request, call: Call) -> Response:
-        raw, body = await self._admit(request, call)
+        body = await self._admit(request, call)
         asked = call.need()
-        reservation = await self.services.budgets.reserve(
-            call.team, await self._worst_case(call), call.request_id
-        )
+        budgets = self.services.budgets
         try:
-            if asked.stream:
-                raw = orjson.dumps(body)  # the body as prepared for streaming
-            upstream_request = self._upstream_request(request, call, raw)
-            track = self._track(request, call, raw)
+            if call.client_id:
+                await self._claim(call)
+            reservation = await budgets.reserve(
+                call.team, await self._worst_case(call), call.request_id
+            )
+        except BaseException:
+            if call.attempts is not None:
+                call.attempts.release()
+            await self.finisher.unclaim(call)
+            raise
+        track: RequestTrack | None = None
+        try:
+            # What was checked is what is sent: the parsed body, serialized again (a body
+            # with a key twice was checked by its last value; its raw bytes could say
+            # otherwise to an upstream that reads the first).
+            content = orjson.dumps(body)
+            upstream_request = self._upstream_request(request, call, content)
+            track = self._track(request, call, content)
             relay = relay_stream if asked.stream else relay_whole
             return await relay(self.finisher, call, track, upstream_request, reservation)
         except BaseException:
+            if track is not None:
+                await self.finisher.abandon(call, track)
             if call.attempts is not None and not call.settled:
                 call.attempts.release()
             if not call.settled:
-                await self.services.budgets.release(reservation)
+                await budgets.release(reservation)
+            await self.finisher.unclaim(call)
             raise
 
     def _track(self, request: Request, call: Call, content: bytes) -> RequestTrack:
@@ -97,12 +131,25 @@ class Relay:
         attempts.request_for = request_for
         return attempts.track(call.request_id, asked.model)
 
-    async def _admit(self, request: Request, call: Call) -> tuple[bytes, dict[str, Any]]:
+    async def _claim(self, call: Call) -> None:
+        """The client's own request id, unique: not in flight on any replica, not recorded."""
+        duplicate = DuplicateRequestId(
+            f"a request with x-request-id {call.request_id!r} is in flight or already "
+            "recorded; send a new id",
+            param="x-request-id",
+        )
+        if not await self.services.budgets.claim(call.request_id, call.team):
+            raise duplicate
+        call.claimed = True
+        if await self.services.ledger.has_request(call.request_id):
+            raise duplicate
+
+    async def _admit(self, request: Request, call: Call) -> dict[str, Any]:
         """Authenticate, read, check, route: `call.asked` is set, or an error is raised."""
         services, spec = self.services, call.spec
         principal = await services.auth.authenticate(spec.credential(request.headers))
         call.team, call.key_id = principal.team, principal.key_id
-        raw, body = await read_json(request, self.settings.server.max_body_bytes)
+        _raw, body = await read_json(request, self.settings.server.max_body_bytes)
         model = checks.require_model(body)
         spec.check(body)
         call.model = model
@@ -115,13 +162,13 @@ class Relay:
         default_cap = self.settings.budgets.default_max_tokens
         prompt_text = spec.prompt_text(body)
         max_tokens = checks.max_tokens(body, default_cap, *spec.cap_fields) if spec.generates else 0
+        plan = None
         upstream = candidates[0]
         if len(candidates) > 1:
             plan = await services.planner.plan(
                 model, candidates, approx_tokens(prompt_text), max_tokens
             )
-            call.attempts = Attempts(plan, self.settings.routing.max_attempts)
-            upstream = call.attempts.upstream
+            upstream = plan.upstreams[0]
         call.asked = Asked(
             model=model,
             upstream=upstream,
@@ -129,8 +176,12 @@ class Relay:
             client_wants_usage=spec.prepare_stream(body) if stream else False,
             prompt_text=prompt_text,
             max_tokens=max_tokens,
+            choices=checks.choices(body),
         )
-        return raw, body
+        if plan is not None:
+            # Holds an in-flight slot on the chosen upstream from here on.
+            call.attempts = Attempts(plan, self.settings.routing.max_attempts)
+        return body
 
     def _route(self, model: str, body: dict[str, Any], team: str) -> Sequence[Upstream]:
         """The candidates for `model`, in priority order; for a response that continues
@@ -156,10 +207,12 @@ class Relay:
         """What the request could cost at most, for the budget reservation."""
         asked = call.need()
         prompt_tokens = approx_tokens(asked.prompt_text)
-        tokens = prompt_tokens + asked.max_tokens
+        # Every choice (n, best_of) may run to the cap.
+        output_tokens = asked.max_tokens * asked.choices
+        tokens = prompt_tokens + output_tokens
         try:
             measurement = asked.upstream.estimator.estimate(
-                asked.model, prompt_tokens, asked.max_tokens, math.inf
+                asked.model, prompt_tokens, output_tokens, math.inf
             )
         except MeterError:
             # A model of unknown size: only token and request budgets can be held for it.

@@ -19,7 +19,7 @@ from proxy.errors import ProxyError
 from proxy.relay import checks
 from proxy.relay.chat import OPENAI_ERRORS, read_usage
 from proxy.relay.facts import NOTHING, AnswerFacts, Body, EventFacts, Held, StreamEnd
-from proxy.tokens import approx_tokens
+from proxy.tokens import approx_tokens, delta_tokens
 
 ERRORS = OPENAI_ERRORS  # a whole answer's errors are OpenAI's; in a stream, `error_event`
 
@@ -109,7 +109,7 @@ def read_event(event: Body) -> EventFacts:
     if kind in _DELTAS:
         delta = event.get("delta")
         text = delta if isinstance(delta, str) else ""
-        return EventFacts(text_tokens=max(approx_tokens(text), 1 if text else 0))
+        return EventFacts(text_tokens=delta_tokens(text))
     response = event.get("response")
     if kind in _STARTS and isinstance(response, dict):
         return EventFacts(model=_str(response.get("model")), response_id=_str(response.get("id")))

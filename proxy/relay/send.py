@@ -54,7 +54,9 @@ def upstream_headers(
         headers["x-request-id"] = request_id
     for name in (*FORWARDED_HEADERS, *spec.forwarded_headers):
         value = incoming.get(name)
-        if value is not None:
+        # Only what can be sent as it came: a value with bytes outside visible ASCII (which
+        # the upstream client would refuse to encode) is not carried on.
+        if value is not None and value.isascii() and value.isprintable():
             headers[name] = value
     return headers
 
@@ -74,9 +76,24 @@ async def send(upstream: Upstream, request: httpx.Request) -> httpx.Response:
 
 
 async def read_whole(upstream: Upstream, response: httpx.Response) -> bytes:
-    """The whole body of `response`, which is closed after."""
+    """The whole body of `response` (at most `max_response_bytes`), which is closed after."""
+    limit = upstream.settings.max_response_bytes
+    too_large = UpstreamUnavailable(
+        f"upstream {upstream.name} answered more than the limit of {limit} bytes "
+        "(upstreams.max_response_bytes)"
+    )
+    declared = response.headers.get("content-length", "")
     try:
-        return await response.aread()
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except httpx.TimeoutException:
         raise UpstreamTimeout(f"upstream {upstream.name} did not finish in time") from None
     except httpx.HTTPError as exc:
@@ -87,34 +104,46 @@ async def read_whole(upstream: Upstream, response: httpx.Response) -> bytes:
         await response.aclose()
 
 
-async def read_error(response: httpx.Response) -> bytes:
-    """An upstream error's body, as much of it as arrives."""
+async def read_error(upstream: Upstream, response: httpx.Response) -> bytes:
+    """An upstream error's body, as much of it as arrives (up to `max_response_bytes`)."""
+    limit = upstream.settings.max_response_bytes
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await response.aread()
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
     except httpx.HTTPError:
-        return b""
+        pass
     finally:
         await response.aclose()
+    return b"".join(chunks)[:limit]
 
 
-def passed_headers(response: httpx.Response) -> dict[str, str]:
+def passed_headers(upstream: Upstream, response: httpx.Response) -> dict[str, str]:
     """The upstream's response headers the client gets too (`retry-after`, `x-ratelimit-*`,
     `openai-processing-ms`, `x-should-retry`, …): all but `_NOT_PASSED`, those the upstream's
-    `Connection` header names, and `x-footprint-*`."""
+    `Connection` header names, and `x-footprint-*`; any that echoes the upstream's credential
+    has it cut out."""
     named = {token.strip().lower() for token in response.headers.get("connection", "").split(",")}
     return {
-        name: value
+        name: upstream.redact(value.encode()).decode("latin-1")
         for name, value in response.headers.items()
         if name not in _NOT_PASSED and name not in named and not name.startswith("x-footprint-")
     }
 
 
-def passed_on(response: httpx.Response, raw: bytes, request_id: str) -> Response:
+def passed_on(
+    upstream: Upstream, response: httpx.Response, raw: bytes, request_id: str
+) -> Response:
     """The upstream's answer (its own error, or a stored response), passed back with its
-    status, headers and (decoded) body unchanged."""
+    status, headers and (decoded) body unchanged, less the upstream's credential should the
+    body or a header echo it."""
     return Response(
-        raw,
+        upstream.redact(raw),
         status_code=response.status_code,
         media_type=response.headers.get("content-type", "application/json"),
-        headers={**passed_headers(response), "x-request-id": request_id},
+        headers={**passed_headers(upstream, response), "x-request-id": request_id},
     )

@@ -101,7 +101,7 @@ class StoredResponses:
             )
             response = await send.send(upstream, built)
             raw = await send.read_whole(upstream, response)
-            answer = send.passed_on(response, raw, request_id)
+            answer = send.passed_on(upstream, response, raw, request_id)
             if response.status_code != 404:
                 if request.method == "DELETE" and response.status_code < 300:
                     self.owners.forget(response_id)

@@ -16,7 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from meters import RequestTrack
 from proxy import sse
 from proxy.budgets import Reservation
-from proxy.errors import UpstreamUnavailable
+from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnavailable
 from proxy.relay import send
 from proxy.relay.call import Call
 from proxy.relay.facts import StreamEnd
@@ -39,12 +39,12 @@ async def relay_stream(
     response, sent = await finisher.send(call, track, reservation, upstream_request)
     tally.status = response.status_code
     if response.status_code >= 400:
-        raw = await send.read_error(response)
+        raw = await send.read_error(upstream, response)
         tally.upstream_s = time.perf_counter() - sent
         await finisher.upstream_error(call, track, reservation, response.status_code)
-        return send.passed_on(response, raw, call.request_id)
+        return send.passed_on(upstream, response, raw, call.request_id)
     headers = {
-        **send.passed_headers(response),
+        **send.passed_headers(upstream, response),
         "x-request-id": call.request_id,
         "x-footprint-method": "measured" if upstream.measuring else "estimated",
         "cache-control": "no-cache",
@@ -74,7 +74,7 @@ async def _events(
     reservation: Reservation,
 ) -> AsyncIterator[bytes]:
     counted = StreamTally(call.spec, call.tally)
-    splitter = sse.SSESplitter()
+    splitter = sse.SSESplitter(call.need().upstream.settings.max_response_bytes)
     waited = _Waited()
     tally = call.tally
     try:
@@ -84,8 +84,13 @@ async def _events(
         if counted.cut_off(splitter.rest()):
             tally.cancelled = True
             tally.error = tally.error or "upstream_cut_off"
-    except httpx.HTTPError as exc:
-        # The upstream died mid-stream: end the client's stream cleanly, then record.
+    except httpx.TimeoutException as exc:
+        # The upstream stopped sending for longer than the read timeout.
+        tally.cancelled, tally.error = True, "upstream_timeout"
+        log.warning("request %s: upstream stream timed out: %r", call.request_id, exc)
+    except (httpx.HTTPError, sse.EventTooLarge) as exc:
+        # The upstream died mid-stream (or sent an event over the size limit): end the
+        # client's stream cleanly, then record.
         tally.cancelled, tally.error = True, "upstream_cut_off"
         log.warning("request %s: upstream broke off the stream: %s", call.request_id, exc)
     except BaseException:
@@ -154,12 +159,18 @@ async def _closing(
         if not counted.usage_seen:
             tally.tokens_counted = True
         await finisher.count_prompt(call)
-    finished = await finisher.finish(call, track, reservation)
-    broke_off = (
-        UpstreamUnavailable(f"upstream {asked.upstream.name} broke off the stream")
-        if tally.cancelled
-        else None
-    )
+    try:
+        finished = await finisher.finish(call, track, reservation)
+    except ProxyError as error:
+        # Nothing was recorded (the ledger cannot write): the reservation is given back, and
+        # the stream ends with the error instead of being cut.
+        log.error("request %s: stream not recorded: %s", call.request_id, error)
+        return call.spec.errors.event(error) + call.spec.errors.last
+    broke_off: ProxyError | None = None
+    if tally.error == "upstream_timeout":
+        broke_off = UpstreamTimeout(f"upstream {asked.upstream.name} stopped sending in time")
+    elif tally.cancelled:
+        broke_off = UpstreamUnavailable(f"upstream {asked.upstream.name} broke off the stream")
     end = StreamEnd(
         request_id=call.request_id,
         model=tally.response_model or asked.model,

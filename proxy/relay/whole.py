@@ -38,7 +38,7 @@ async def relay_whole(
     tally.status = response.status_code
     if response.status_code >= 400:
         await finisher.upstream_error(call, track, reservation, response.status_code)
-        return send.passed_on(response, raw, call.request_id)
+        return send.passed_on(upstream, response, raw, call.request_id)
     answer = _json_object(raw)
     if answer is None:
         not_json = UpstreamUnavailable(f"upstream {upstream.name} answered something not JSON")
@@ -49,7 +49,7 @@ async def relay_whole(
     # tick (methodology §2); the totals go to close() only.
     finished = await finisher.finish(call, track, reservation)
     headers = {
-        **send.passed_headers(response),
+        **send.passed_headers(upstream, response),
         **footprint_headers(call, finished.footprint, finished.remaining),
     }
     if finisher.services.settings.server.footprint_in_body:

@@ -27,6 +27,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from meters import Footprint
 from proxy.config import UpstreamSettings
 from proxy.telemetry import names as n
+from proxy.telemetry.labels import ModelLabels
 
 log = logging.getLogger("footprint.telemetry")
 
@@ -136,6 +137,7 @@ class Telemetry:
         self._flushers = list(flushers)
         self._upstreams: list[Any] = []
         self._upstream_cache: dict[str, tuple[str, str, int]] = {}
+        self._model_labels = ModelLabels()
         self._shut = False
 
         meter = meter if meter is not None else NoOpMeter(_SCOPE)
@@ -239,6 +241,7 @@ class Telemetry:
     def watch_upstreams(self, upstreams: Iterable[Any]) -> None:
         """Upstreams whose meters feed `footprint.idle_energy`, `hw.energy` and `hw.power`."""
         self._upstreams = list(upstreams)
+        self._model_labels.configure(self._upstreams)
 
     def _upstream_names(self, upstream: TracedUpstream) -> tuple[str, str, int]:
         """(provider name, server address, server port) of an upstream, worked out once."""
@@ -356,7 +359,7 @@ class Telemetry:
         self._end_server(handle, call, error_type)
 
         # Metrics.
-        model = call.model
+        model = self._model_labels.label(call.model, served=not failed)
         upstream_name = upstream.name if upstream is not None else ""
         self._footprint.add(
             (call.team, model, upstream_name, footprint.method),
@@ -416,8 +419,9 @@ class Telemetry:
             client.end()
         self._end_server(handle, call, error_type, status)
         upstream = call.upstream
+        model = self._model_labels.label(call.model, served=False)
         self._requests.add(
-            (call.team, call.model, upstream.name if upstream is not None else "", "", error_type),
+            (call.team, model, upstream.name if upstream is not None else "", "", error_type),
             (1,),
         )
         if client is not None and upstream is not None:
@@ -428,7 +432,7 @@ class Telemetry:
                 {
                     n.OPERATION: operation,
                     n.PROVIDER: provider,
-                    n.REQUEST_MODEL: call.model,
+                    n.REQUEST_MODEL: model,
                     n.SERVER_ADDRESS: address,
                     n.SERVER_PORT: port,
                     n.ERROR_TYPE: error_type,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import httpx
@@ -9,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meters import Hardware, Measurement, MeterError
-from meters.agent import EnergyAgent
+from meters.agent import EnergyAgent, run_agent
 from meters.meter import build_meter
 from meters.sources.nvml import NvmlSource
 from meters.sources.prometheus import PrometheusSource
@@ -137,3 +138,24 @@ def test_a_lost_gpu_makes_the_agent_answer_503_and_the_scraper_fail(
 
 def test_only_metrics_is_served(agent: EnergyAgent) -> None:
     assert httpx.get(agent.url.replace("/metrics", "/other")).status_code == 404
+
+
+def test_a_lost_gpu_is_logged_once_not_on_every_tick(
+    agent: EnergyAgent, fake: FakeNvml, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meters.agent")
+    fake.lose_gpu(1)
+    for _ in range(50):  # 5 s of 100 ms ticks
+        clock.advance(0.1)
+        agent.read_once()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "GPU is lost" in warnings[0]
+    fake.restore_gpu(1)
+    agent.read_once()
+    assert "answers again (49 failed read(s) since last logged)" in caplog.records[-1].getMessage()
+
+
+def test_an_agent_that_cannot_read_its_gpus_stops_at_start(fake: FakeNvml) -> None:
+    fake.raise_on("nvmlInit", "NVMLError_LibraryNotFound")
+    with pytest.raises(MeterError, match=r"libnvidia-ml\.so was not found"):
+        run_agent("127.0.0.1", 0, [0], nvml=fake.module)  # type: ignore[arg-type]

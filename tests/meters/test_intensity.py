@@ -96,6 +96,17 @@ def test_unknown_zone_says_where_valid_ones_are() -> None:
     assert isinstance(raised.value, LookupError)
 
 
+def test_unknown_zone_suggests_the_zones_meant() -> None:
+    table = IntensityTable.shipped()
+    # An alpha-3 code finds its country, a common alias its ISO spelling, a typo its neighbours.
+    assert table.nearest_zones("KOR")[0] == "KR"
+    assert table.nearest_zones("uk")[0] == "GB"
+    assert "DE" in table.nearest_zones("DF")
+    assert all(zone in table.zones() for zone in table.nearest_zones("ZZ"))
+    with pytest.raises(UnknownZone, match=r"unknown grid zone 'KOR' \(nearest known: KR"):
+        table.lookup("KOR")
+
+
 async def test_table_intensity_answers_from_the_table() -> None:
     provider = TableIntensity(IntensityTable.shipped())
     intensity = await provider.get("FR")

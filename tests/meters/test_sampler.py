@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -240,3 +241,37 @@ async def test_stopping_answers_the_early_reads_still_waiting() -> None:
     await asyncio.wait_for(asyncio.gather(waiting, late, stopping), 10.0)
     assert not sampler.running
     assert sampler.healthy
+
+
+async def test_a_failing_source_is_logged_once_then_once_a_minute_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    source = ScriptedSource(clock)
+    source.failure = MeterError("nvml: libnvidia-ml.so was not found")
+    sampler = Sampler(source, Attributor(0.1), clock=clock)
+    caplog.set_level(logging.DEBUG, logger="meters.sampler")
+
+    async def reads(count: int) -> None:
+        for _ in range(count):
+            with pytest.raises(MeterError):
+                await sampler.read_early()
+            clock.advance(0.125)  # exact in binary: read k happens at (k - 1) / 8 s
+
+    await reads(300)  # 37.5 s of ticks at 8 Hz
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert "energy source scripted failed: nvml: libnvidia-ml.so was not found" in lines[0]
+    await reads(181)  # the last of these comes 60 s after the first read
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "still failing" in lines[1] and "480 more failed read(s) in the last 60 s" in lines[1]
+    assert sampler.failures_total == 481
+    source.failure = None
+    await sampler.read_early()
+    assert "answers again" in caplog.records[-1].getMessage()
+    source.failure = MeterError("nvml: GPU is lost")
+    with pytest.raises(MeterError):
+        await sampler.read_early()  # a new outage is logged at once
+    assert "failed: nvml: GPU is lost" in caplog.records[-1].getMessage()
+    assert len(caplog.records) == 4

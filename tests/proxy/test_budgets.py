@@ -195,7 +195,9 @@ async def test_settlements_made_while_redis_was_down_are_reconciled(
     ledger: Ledger, redis_prefix: str
 ) -> None:
     down = await open_budgets(
-        BudgetSettings(redis_url="redis://127.0.0.1:1/0", on_store_error="allow"), ledger
+        BudgetSettings(redis_url="redis://127.0.0.1:1/0", on_store_error="allow"),
+        ledger,
+        store_retry_s=0.0,
     )
     up = await open_budgets(BudgetSettings(redis_url=REDIS_URL), ledger, key_prefix=redis_prefix)
     try:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.tokens import PromptTokenizer
+from proxy.tokens import PromptTokenizer, delta_tokens
 from tests.support.servers import ServerThread
 
 TEXT = "the quick brown fox jumps"  # 5 tokens on every server below: one per word
@@ -95,3 +95,17 @@ async def test_an_unreachable_tokenizer_falls_back_to_the_rule_of_thumb() -> Non
     async with httpx.AsyncClient() as client:
         tokenizer = PromptTokenizer(client, "http://127.0.0.1:9/tokenize", "auto")
         assert await tokenizer.count("m", TEXT) == (6, "approximate")
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("", 0),
+        (" hello", 1),  # one word piece, as llama.cpp streams it: one token, not two
+        ("understanding", 1),
+        (".", 1),
+        (" the quick brown fox jumps", 6),  # several words in one chunk: the rule of thumb
+    ],
+)
+def test_a_streamed_delta_counts_one_token_per_word_piece(text: str, tokens: int) -> None:
+    assert delta_tokens(text) == tokens

@@ -10,6 +10,10 @@ Models:
 - `error400`: answers 400 with an OpenAI-shaped error body.
 - `long`: streams a chunk every 50 ms for 30 s; records when it sees itself cancelled.
 - `gzip`: answers gzip-compressed, whatever the request's `accept-encoding` says.
+- `echoauth`: answers 401 with a body that echoes the request's headers (credentials too),
+  as some gateways do.
+- `huge`: answers 200 with a 3 MiB JSON object.
+- `stall`: streams 2 chunks, then nothing for `delay_s`.
 
 It also speaks the Responses and Messages APIs as vLLM does (`tests/support/fake_apis.py`).
 """
@@ -38,6 +42,7 @@ class UpstreamLog:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     cancelled_at: dict[str, float] = field(default_factory=dict)
+    raw: list[bytes] = field(default_factory=list)
     finished: set[str] = field(default_factory=set)
 
 
@@ -81,6 +86,7 @@ def make_upstream(
     log = log if log is not None else UpstreamLog()
 
     async def chat(request: Request) -> Response:
+        log.raw.append(await request.body())
         body = await request.json()
         log.requests.append(body)
         log.headers.append(dict(request.headers))
@@ -116,6 +122,16 @@ def make_upstream(
             )
         if model == "garbage":
             return Response(b"<html>definitely not json", media_type="application/json")
+        if model == "echoauth":
+            echoed = {"error": {"message": f"unauthorized: {dict(request.headers)}"}}
+            return JSONResponse(
+                echoed,
+                status_code=401,
+                headers={"www-authenticate": request.headers.get("authorization", "")},
+            )
+        if model == "huge" and not body.get("stream"):
+            filler = "x" * (3 * 1024 * 1024)
+            return JSONResponse({"id": rid, "object": "chat.completion", "filler": filler})
         if not body.get("stream"):
             text = " ".join(f"w{i}" for i in range(words))
             answer = JSONResponse(
@@ -155,6 +171,8 @@ def make_upstream(
                 for i in range(count):
                     if model == "long":
                         await asyncio.sleep(0.05)
+                    elif model == "stall" and i == 2:
+                        await asyncio.sleep(delay_s)
                     elif chunk_interval_s:
                         await asyncio.sleep(chunk_interval_s)
                     yield _chunk(rid, model, f"w{i} ")

@@ -125,9 +125,9 @@ def test_the_record_is_the_upstreams_count_and_the_meter_is_told_no_less(
 ) -> None:
     """Whatever the deltas: the request is recorded with the upstream's own count (the text
     count when it reports none), and the meter has been told at least that many tokens."""
-    from proxy.tokens import approx_tokens
+    from proxy.tokens import delta_tokens
 
-    by_text = sum(approx_tokens(t) for t in texts)
+    by_text = sum(delta_tokens(t) for t in texts)
     tally = chat_tally()
     steps = feed(tally, *(chunk(t) for t in texts), usage_chunk(1, reported))
     told = sum(s.new_tokens for s in steps)

@@ -1,0 +1,404 @@
+"""The Redis budget backend: counts shared by every replica, each check-and-reserve one Lua
+script (atomic).
+
+Outages and lost keys are part of the design, not an afterthought:
+- A team's state carries a generation (`_init`: the initialising replica's clock in ms when it
+  read the ledger, plus a random tag). Every script is told the generation its caller last
+  saw; on a different one it does nothing and answers `regen`. The caller then re-asserts the
+  reservations it holds for that team (Redis may have lost them) and tries again, so a Redis
+  that lost a team's keys never forgets a request still in flight.
+- Settling is idempotent per request id (a `settled` set kept for the reservation TTL), and a
+  settlement whose ledger row was already durable when the current generation read the
+  ledger adds nothing (the ledger's sum already holds it). So a settlement retried after a
+  lost reply, or queued through an outage and applied after Redis came back empty, counts
+  once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from proxy.budgets import (
+    BudgetLine,
+    BudgetStore,
+    StoreUnavailable,
+    Usage,
+    period_key,
+    spent_since_period_starts,
+)
+
+log = logging.getLogger("footprint.budgets")
+
+_ATTEMPTS = 5
+
+# KEYS: 1 limits hash ("metric|period" -> limit, "_init" -> generation), 2 reservations hash
+# (id -> "a,b,c,d,e"), 3 expiries zset (id -> ms), 4 reserved hash (metric -> sum), 5 used
+# hash ("metric|period|period key" -> amount), 6 settled zset (id -> ms).
+# ARGV[1]: the generation the caller expects; A: the script's own arguments (ARGV[2:]).
+_LUA_DROP = """
+local METRICS = {'energy_j', 'co2e_g', 'water_ml', 'tokens', 'requests'}
+local function drop(rid)
+  local amounts = redis.call('HGET', KEYS[2], rid)
+  if amounts then
+    local i = 1
+    for v in string.gmatch(amounts, '[^,]+') do
+      redis.call('HINCRBYFLOAT', KEYS[4], METRICS[i], -tonumber(v))
+      i = i + 1
+    end
+    redis.call('HDEL', KEYS[2], rid)
+  end
+  redis.call('ZREM', KEYS[3], rid)
+end
+"""
+_LUA_COMMON = (
+    _LUA_DROP
+    + """
+local function fmt(x) return string.format('%.17g', x) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function hold(rid, amounts, ttl_ms)
+  local i = 1
+  for v in string.gmatch(amounts, '[^,]+') do
+    redis.call('HINCRBYFLOAT', KEYS[4], METRICS[i], tonumber(v))
+    i = i + 1
+  end
+  redis.call('HSET', KEYS[2], rid, amounts)
+  redis.call('ZADD', KEYS[3], now_ms() + ttl_ms, rid)
+end
+local function expire()
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms())) do drop(rid) end
+end
+local function lines(day, month)
+  local pkeys = {day = day, month = month, total = 'all'}
+  local out = {}
+  local limits = redis.call('HGETALL', KEYS[1])
+  for i = 1, #limits, 2 do
+    local f = limits[i]
+    if f ~= '_init' then
+      local sep = string.find(f, '|', 1, true)
+      local metric, period = string.sub(f, 1, sep - 1), string.sub(f, sep + 1)
+      local ufield = metric .. '|' .. period .. '|' .. pkeys[period]
+      local used = tonumber(redis.call('HGET', KEYS[5], ufield) or '0')
+      local reserved = tonumber(redis.call('HGET', KEYS[4], metric) or '0')
+      table.insert(out, {metric, period, tonumber(limits[i + 1]), used, reserved})
+    end
+  end
+  return out
+end
+local function flat(tag, ls)
+  local out = {tag}
+  for _, l in ipairs(ls) do
+    table.insert(out, l[1]); table.insert(out, l[2])
+    table.insert(out, fmt(l[3])); table.insert(out, fmt(l[4])); table.insert(out, fmt(l[5]))
+  end
+  return out
+end
+local gen = redis.call('HGET', KEYS[1], '_init')
+if not gen then return {'uninit'} end
+if gen ~= ARGV[1] then return {'regen', gen} end
+local A = {}
+for i = 2, #ARGV do A[i - 1] = ARGV[i] end
+"""
+)
+
+# A: request id, ttl ms, day, month, five worst-case amounts.
+_LUA_RESERVE = (
+    _LUA_COMMON
+    + """
+expire()
+local rid = A[1]
+local ls = lines(A[3], A[4])
+if redis.call('HEXISTS', KEYS[2], rid) == 1 then return flat('ok', ls) end
+local worst = {}
+for i = 1, 5 do worst[METRICS[i]] = tonumber(A[4 + i]) end
+for _, l in ipairs(ls) do
+  local left = l[3] - l[4] - l[5]
+  if left <= 0 or left < worst[l[1]] then return flat('exceeded', ls) end
+end
+if #ls > 0 then
+  local amounts = {}
+  for i = 1, 5 do amounts[i] = fmt(worst[METRICS[i]]) end
+  hold(rid, table.concat(amounts, ','), tonumber(A[2]))
+end
+return flat('ok', lines(A[3], A[4]))
+"""
+)
+
+# A: request id, day, month, when its ledger row was durable (ms), keep settled ids (ms),
+# five actual amounts.
+_LUA_SETTLE = (
+    _LUA_COMMON
+    + """
+local rid = A[1]
+drop(rid)
+local now = now_ms()
+local init_ms = tonumber(string.match(gen, '^(%d+)')) or 0
+if not redis.call('ZSCORE', KEYS[6], rid) then
+  redis.call('ZADD', KEYS[6], now, rid)
+  -- A row durable before this generation read the ledger is in its sums already.
+  if tonumber(A[4]) > init_ms then
+    local pkeys = {day = A[2], month = A[3], total = 'all'}
+    for i = 1, 5 do
+      local v = tonumber(A[5 + i])
+      if v ~= 0 then
+        for period, pk in pairs(pkeys) do
+          redis.call('HINCRBYFLOAT', KEYS[5], METRICS[i] .. '|' .. period .. '|' .. pk, v)
+        end
+      end
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(A[5]))
+expire()
+return flat('ok', lines(A[2], A[3]))
+"""
+)
+
+# ARGV: request id. No generation check: giving back a reservation is right in any.
+_LUA_RELEASE = _LUA_DROP + "drop(ARGV[1])\nreturn 1\n"
+
+_LUA_LINES = _LUA_COMMON + "expire()\nreturn flat('ok', lines(A[1], A[2]))\n"
+
+# A: (request id, ttl ms, "a,b,c,d,e") triples: reservations this replica holds, put back
+# where Redis lost them (never one already settled or still held).
+_LUA_REASSERT = (
+    _LUA_COMMON
+    + """
+for i = 1, #A, 3 do
+  local rid = A[i]
+  if redis.call('HEXISTS', KEYS[2], rid) == 0 and not redis.call('ZSCORE', KEYS[6], rid) then
+    hold(rid, A[i + 2], tonumber(A[i + 1]))
+  end
+end
+return {'ok'}
+"""
+)
+
+# ARGV: generation, n limits, then n (field, limit) pairs, then (field, used) pairs. Only the
+# first replica to get here writes; limits written meanwhile by PUT win (HSETNX).
+_LUA_INIT = """
+if redis.call('HEXISTS', KEYS[1], '_init') == 1 then return 0 end
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do redis.call('HSETNX', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i]) end
+for i = 3 + 2 * n, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], '_init', ARGV[1])
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_lines(reply: list[Any]) -> tuple[str, list[BudgetLine]]:
+    tag = _text(reply[0])
+    items = [_text(x) for x in reply[1:]]
+    lines = [
+        BudgetLine(
+            items[i],
+            items[i + 1],
+            float(items[i + 2]),
+            float(items[i + 3]),
+            max(0.0, float(items[i + 4])),
+        )
+        for i in range(0, len(items), 5)
+    ]
+    return tag, lines
+
+
+def _amounts(usage: Usage) -> str:
+    return ",".join(repr(float(v)) for v in usage.values())
+
+
+class RedisBackend:
+    """Counts in Redis, shared by every replica."""
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        redis_url: str,
+        ttl_s: float,
+        clock: Callable[[], float],
+        *,
+        key_prefix: str = "footprint",
+        timeout_s: float = 1.0,
+    ) -> None:
+        import redis.asyncio as redis_asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._store = store
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._prefix = key_prefix
+        self._redis = redis_asyncio.Redis.from_url(
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # A dead Redis must cost one timeout, not a ladder of retries.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._reserve = self._redis.register_script(_LUA_RESERVE)
+        self._settle = self._redis.register_script(_LUA_SETTLE)
+        self._release = self._redis.register_script(_LUA_RELEASE)
+        self._lines = self._redis.register_script(_LUA_LINES)
+        self._reassert = self._redis.register_script(_LUA_REASSERT)
+        self._init = self._redis.register_script(_LUA_INIT)
+        # Per team: the generation last seen, and this replica's reservations in flight
+        # (request id -> (worst case, expiry on this replica's clock)).
+        self._generation: dict[str, str] = {}
+        self._live: dict[str, dict[str, tuple[Usage, float]]] = {}
+
+    def _keys(self, team: str) -> list[str]:
+        base = f"{self._prefix}:{{{team}}}:"
+        return [base + s for s in ("limits", "res", "exp", "reserved", "used", "settled")]
+
+    async def _run(
+        self, script: Any, team: str, day: str, month: str, args: list[Any]
+    ) -> list[Any]:
+        from redis.exceptions import RedisError
+
+        keys = self._keys(team)
+        try:
+            for _ in range(_ATTEMPTS):
+                reply = await script(keys=keys, args=[self._generation.get(team, ""), *args])
+                tag = _text(reply[0]) if reply else ""
+                if tag == "uninit":
+                    await self._initialise(team, day, month)
+                elif tag == "regen":
+                    self._generation[team] = _text(reply[1])
+                    await self._reassert_live(team)
+                else:
+                    return list(reply)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+        raise StoreUnavailable(f"budget state of team {team!r} kept changing under us")
+
+    async def _reassert_live(self, team: str) -> None:
+        """Put this replica's reservations for `team` back (no-op for those Redis still has)."""
+        live = self._live.get(team)
+        if not live:
+            return
+        now = self._clock()
+        args: list[Any] = []
+        for request_id, (worst, expires_s) in list(live.items()):
+            if expires_s <= now:
+                del live[request_id]
+                continue
+            args += [request_id, int((expires_s - now) * 1000) + 1, _amounts(worst)]
+        if args:
+            await self._reassert(
+                keys=self._keys(team), args=[self._generation.get(team, ""), *args]
+            )
+
+    async def _initialise(self, team: str, day: str, month: str) -> None:
+        """Load `team`'s limits and spent amounts from the database into Redis."""
+        generation = f"{int(self._clock() * 1000)}-{secrets.token_hex(4)}"
+        try:
+            limits = await self._store.list_budgets(team)
+            spent = await spent_since_period_starts(self._store, team, day, month)
+        except Exception as exc:
+            raise StoreUnavailable(f"reading budgets from the ledger: {exc!r}") from exc
+        args: list[Any] = [generation, len(limits)]
+        for metric, period, limit in limits:
+            args += [f"{metric}|{period}", repr(float(limit))]
+        for (metric, period), amount in spent.items():
+            args += [f"{metric}|{period}|{period_key(period, day, month)}", repr(float(amount))]
+        keys = self._keys(team)
+        if await self._init(keys=[keys[0], keys[4]], args=args):
+            log.info("budget counts of team %r loaded into Redis from the ledger", team)
+
+    async def reserve(
+        self, team: str, request_id: str, worst: Usage, day: str, month: str
+    ) -> tuple[bool, list[BudgetLine]]:
+        ttl_ms = int(self._ttl_s * 1000)
+        args = [request_id, ttl_ms, day, month, *(repr(float(v)) for v in worst.values())]
+        tag, lines = _parse_lines(await self._run(self._reserve, team, day, month, args))
+        if tag == "ok" and lines:
+            self._live.setdefault(team, {})[request_id] = (worst, self._clock() + self._ttl_s)
+        return tag == "ok", lines
+
+    async def settle(
+        self,
+        team: str,
+        request_id: str,
+        actual: Usage,
+        day: str,
+        month: str,
+        recorded_s: float,
+    ) -> list[BudgetLine]:
+        self._forget(team, request_id)
+        args = [
+            request_id,
+            day,
+            month,
+            int(recorded_s * 1000),
+            int(self._ttl_s * 1000),
+            *(repr(float(v)) for v in actual.values()),
+        ]
+        _, lines = _parse_lines(await self._run(self._settle, team, day, month, args))
+        return lines
+
+    async def release(self, team: str, request_id: str) -> None:
+        from redis.exceptions import RedisError
+
+        self._forget(team, request_id)
+        try:
+            await self._release(keys=self._keys(team), args=[request_id])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+
+    def _forget(self, team: str, request_id: str) -> None:
+        live = self._live.get(team)
+        if live is not None:
+            live.pop(request_id, None)
+            if not live:
+                del self._live[team]
+
+    async def set_limit(self, team: str, metric: str, period: str, limit: float) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.hset(self._keys(team)[0], f"{metric}|{period}", repr(float(limit)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+
+    async def lines(self, team: str, day: str, month: str) -> list[BudgetLine]:
+        _, lines = _parse_lines(await self._run(self._lines, team, day, month, [day, month]))
+        return lines
+
+    async def claim(self, request_id: str, team: str) -> bool:
+        """SET NX on a key of its own (not under the team's hash tag: the id is unique across
+        teams), expiring after the reservation TTL."""
+        from redis.exceptions import RedisError
+
+        key = f"{self._prefix}:claim:{request_id}"
+        try:
+            return bool(await self._redis.set(key, team, nx=True, px=int(self._ttl_s * 1000)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+
+    async def unclaim(self, request_id: str) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.delete(f"{self._prefix}:claim:{request_id}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+
+    async def ping(self) -> None:
+        """Raises StoreUnavailable if Redis does not answer within the socket timeout."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(repr(exc)) from exc
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

@@ -31,7 +31,7 @@ class CliError(Exception):
 
 
 def register_admin_commands(subparsers: Any) -> None:
-    """Add `teams`, `keys`, `budgets` and `report` to the `footprint` command."""
+    """Add `teams`, `keys`, `budgets`, `upstreams` and `report` to the `footprint` command."""
     teams = subparsers.add_parser("teams", help="create and list teams")
     teams_cmd = teams.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = teams_cmd.add_parser("create", help="create a team")
@@ -65,6 +65,12 @@ def register_admin_commands(subparsers: Any) -> None:
     p = budgets_cmd.add_parser("show", help="a team's budgets, used and remaining")
     p.add_argument("--team", required=True)
     _common(p, _budgets_show)
+
+    upstreams = subparsers.add_parser(
+        "upstreams", help="each upstream's health, in-flight count, J/token, intensity now"
+    )
+    upstreams.add_argument("--format", choices=["table", "json"], default="table")
+    _common(upstreams, _upstreams)
 
     report = subparsers.add_parser("report", help="usage sums over the ledger")
     report.add_argument("--group-by", default="team", help="any of team,model,upstream,day")
@@ -239,6 +245,35 @@ def _budgets_set(client: httpx.Client, args: argparse.Namespace) -> int:
 def _budgets_show(client: httpx.Client, args: argparse.Namespace) -> int:
     lines = _call(client, "GET", "/admin/budgets", params={"team": args.team}).json()["data"]
     print(render_table(lines, ["metric", "period", "limit", "used", "reserved", "remaining"]))
+    return 0
+
+
+UPSTREAM_COLUMNS = [
+    "name",
+    "zone",
+    "circuit",
+    "in_flight",
+    "max_concurrency",
+    "ttft_ms",
+    "j_per_output_token",
+    "gco2e_per_kwh",
+    "intensity_source",
+]
+
+
+def _upstreams(client: httpx.Client, args: argparse.Namespace) -> int:
+    data = _call(client, "GET", "/admin/upstreams").json()["data"]
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+        return 0
+    for row in data:
+        # The measured J per output token of the upstream's most recently fitted model.
+        fits = row.get("measured") or []
+        row["j_per_output_token"] = fits[-1]["j_per_output_token"] if fits else "-"
+        for column in ("ttft_ms", "gco2e_per_kwh"):
+            if row.get(column) is None:
+                row[column] = "-"
+    print(render_table(data, UPSTREAM_COLUMNS))
     return 0
 
 

@@ -38,6 +38,7 @@ from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import Relay
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
+from proxy.routes.admin_upstreams import upstreams_router
 from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
 from proxy.routes.footprint_views import views_router
@@ -107,6 +108,7 @@ def build_upstream(
         ),
         hardware=hardware,
         estimator=estimator,
+        calibrations=calibrations,
         health=UpstreamHealth(
             CircuitBreaker(routing.failure_threshold, routing.open_s), upstream.max_concurrency
         ),
@@ -235,6 +237,7 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin_router)
+    app.include_router(upstreams_router)
     app.include_router(footprint_router)
     app.include_router(views_router)
     app.include_router(dashboard_router)

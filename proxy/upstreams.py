@@ -20,6 +20,7 @@ import httpx
 import orjson
 
 from meters import Hardware, RequestMeter, SiteFactors
+from meters.calibration import Calibrations
 from meters.estimate import Estimator
 from proxy.config import UpstreamSettings
 from proxy.routing._health import UpstreamHealth
@@ -40,6 +41,8 @@ class Upstream:
     estimator: Estimator
     # Circuit, in-flight count and time to first token, for routing.
     health: UpstreamHealth = field(default_factory=UpstreamHealth)
+    # Fits of this upstream's own measured traffic (the estimator reads the same object).
+    calibrations: Calibrations = field(default_factory=Calibrations)
     _model_cache: tuple[float, list[dict[str, object]]] | None = field(default=None, repr=False)
     _post_urls: dict[str, httpx.URL] = field(default_factory=dict, repr=False)
     _post_base: tuple[dict[str, str], dict[str, object]] | None = field(default=None, repr=False)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from meters.intensity import IntensityTable
 from tests.proxy.routing.conftest import ADMIN_KEY, proxy_config, upstream_entry
 from tests.support.processes import REPO_ROOT
 from tests.support.upstream_process import UpstreamProcess
@@ -32,6 +33,17 @@ def _footprint_comment(text: str) -> dict[str, Any]:
         if line.startswith(": footprint "):
             return dict(orjson.loads(line[len(": footprint ") :]))
     raise AssertionError(f"no footprint comment in {text!r}")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={"FOOTPRINT_ADMIN_KEY": ADMIN_KEY, "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
 
 
 def _wait_until(condition: Any, timeout_s: float = 20.0) -> None:
@@ -85,14 +97,7 @@ def test_lowest_carbon_follows_the_cleaner_zone_and_the_report_shows_carbon_avoi
     assert second.headers["x-footprint-grid-gco2e-per-kwh"] == "30"
     assert proxy.row(second.headers["x-request-id"])["co2e_avoided_g"] == 0.0
 
-    report = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "report", "--url", proxy.url, "--group-by", "upstream"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={"FOOTPRINT_ADMIN_KEY": ADMIN_KEY, "PATH": "/usr/bin:/bin"},
-        timeout=60,
-    )
+    report = _cli("report", "--url", proxy.url, "--group-by", "upstream")
     assert report.returncode == 0, report.stderr
     assert "carbon avoided by routing (against the priority choice)" in report.stdout
     avoided = float(report.stdout.rsplit(":", 1)[1].split()[0])
@@ -161,6 +166,18 @@ def test_a_killed_upstream_is_routed_around_and_its_circuit_opens_and_half_opens
     assert routing["b"]["circuit"] == "closed"
     metrics = proxy.client.get("/metrics").text
     assert 'footprint_upstream_circuit_state{upstream="a"} 2.0' in metrics
+
+    # The admin API and CLI show it, with the zone's intensity now (the table here).
+    assert proxy.client.get("/admin/upstreams").status_code == 401
+    shown = {u["name"]: u for u in proxy.admin.get("/admin/upstreams").json()["data"]}
+    assert (shown["a"]["circuit"], shown["a"]["in_flight"], shown["a"]["zone"]) == ("open", 0, "FR")
+    fr = IntensityTable.shipped().lookup("FR").gco2e_per_kwh
+    assert (shown["a"]["gco2e_per_kwh"], shown["a"]["intensity_source"]) == (fr, "table")
+    assert shown["a"]["measured"] == []  # estimated upstreams: nothing measured to fit
+    cli = _cli("upstreams", "--url", proxy.url)
+    assert cli.returncode == 0, cli.stderr
+    line_a = next(line for line in cli.stdout.splitlines() if line.startswith("a "))
+    assert "open" in line_a.split() and "FR" in line_a.split()
 
     # Open: the request goes straight to b, no attempt wasted on a.
     third = proxy.chat()

@@ -31,7 +31,8 @@ class CliError(Exception):
 
 
 def register_admin_commands(subparsers: Any) -> None:
-    """Add `teams`, `keys`, `budgets`, `upstreams` and `report` to the `footprint` command."""
+    """Add `teams`, `keys`, `budgets`, `limits`, `upstreams` and `report` to the `footprint`
+    command."""
     teams = subparsers.add_parser("teams", help="create and list teams")
     teams_cmd = teams.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = teams_cmd.add_parser("create", help="create a team")
@@ -65,6 +66,18 @@ def register_admin_commands(subparsers: Any) -> None:
     p = budgets_cmd.add_parser("show", help="a team's budgets, used and remaining")
     p.add_argument("--team", required=True)
     _common(p, _budgets_show)
+
+    limits = subparsers.add_parser("limits", help="set and show rate limits per team or key")
+    limits_cmd = limits.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = limits_cmd.add_parser("set", help="set a team's (or one key's) rate limits")
+    p.add_argument("--team", required=True)
+    p.add_argument("--key-id", help="limit this key only (default: the whole team)")
+    p.add_argument("--rpm", type=int, help="requests per minute (omit: no limit)")
+    p.add_argument("--tpm", type=int, help="tokens per minute (omit: no limit)")
+    _common(p, _limits_set)
+    p = limits_cmd.add_parser("show", help="a team's rate limits")
+    p.add_argument("--team", required=True)
+    _common(p, _limits_show)
 
     upstreams = subparsers.add_parser(
         "upstreams", help="each upstream's health, in-flight count, J/token, intensity now"
@@ -245,6 +258,31 @@ def _budgets_set(client: httpx.Client, args: argparse.Namespace) -> int:
 def _budgets_show(client: httpx.Client, args: argparse.Namespace) -> int:
     lines = _call(client, "GET", "/admin/budgets", params={"team": args.team}).json()["data"]
     print(render_table(lines, ["metric", "period", "limit", "used", "reserved", "remaining"]))
+    return 0
+
+
+def _limits_set(client: httpx.Client, args: argparse.Namespace) -> int:
+    body = {
+        "team": args.team,
+        "key_id": args.key_id,
+        "requests_per_minute": args.rpm,
+        "tokens_per_minute": args.tpm,
+    }
+    line = _call(client, "PUT", "/admin/limits", json=body).json()
+    who = f"key {line['key_id']}" if line["key_id"] else f"team {line['team']}"
+    rpm, tpm = line["requests_per_minute"], line["tokens_per_minute"]
+    print(
+        f"rate limits for {who}: {rpm if rpm is not None else 'no limit'} requests/min, "
+        f"{tpm if tpm is not None else 'no limit'} tokens/min"
+    )
+    return 0
+
+
+def _limits_show(client: httpx.Client, args: argparse.Namespace) -> int:
+    lines = _call(client, "GET", "/admin/limits", params={"team": args.team}).json()["data"]
+    for line in lines:
+        line["key_id"] = line["key_id"] or "(team)"
+    print(render_table(lines, ["key_id", "requests_per_minute", "tokens_per_minute"]))
     return 0
 
 

@@ -35,9 +35,11 @@ from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailabl
 from proxy.idle import IdleRecorder
 from proxy.ledger import open_ledger
 from proxy.ledger import unavailable as ledger_unavailable
+from proxy.ratelimits import open_rate_limits
 from proxy.relay import Relay
 from proxy.routes import health, openai
 from proxy.routes.admin import admin_router
+from proxy.routes.admin_limits import limits_router
 from proxy.routes.admin_upstreams import upstreams_router
 from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
@@ -175,6 +177,9 @@ def create_app(
             tel = build_telemetry(settings.telemetry, upstreams)
         elif tel is not None:
             tel.watch_upstreams(upstreams)
+        limits = open_rate_limits(
+            settings.budgets.redis_url, ledger, settings.budgets.on_store_error
+        )
         services = Services(
             settings=settings,
             router=router,
@@ -183,6 +188,7 @@ def create_app(
             ledger=ledger,
             intensity=intensity,
             telemetry=tel,
+            limits=limits,
         )
         relay = Relay(services)
         idle = IdleRecorder(services)
@@ -219,6 +225,7 @@ def create_app(
                 log.exception("idle energy could not be recorded at shutdown")
             await router.aclose()
             await budgets.aclose()
+            await limits.aclose()
             await ledger.aclose()
             if hasattr(intensity, "aclose"):
                 await intensity.aclose()
@@ -238,6 +245,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(admin_router)
     app.include_router(upstreams_router)
+    app.include_router(limits_router)
     app.include_router(footprint_router)
     app.include_router(views_router)
     app.include_router(dashboard_router)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from proxy.auth import Authenticator
     from proxy.budgets import Budgets
     from proxy.ledger import Ledger
+    from proxy.ratelimits import RateLimits
     from proxy.telemetry import Telemetry
     from proxy.upstreams import UpstreamRouter
 
@@ -29,7 +30,14 @@ class Services:
     ledger: Ledger
     intensity: GridIntensity
     telemetry: Telemetry | None = None  # None when telemetry is off
+    limits: RateLimits | None = None  # None: counted in-process, limits from the ledger
     planner: Planner = field(init=False)
+    rate_limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.planner = Planner(self.settings.routing, self.intensity)
+        if self.limits is None:
+            from proxy.ratelimits import LocalCounter, RateLimits
+
+            self.limits = RateLimits(self.ledger, LocalCounter())
+        self.rate_limits = self.limits

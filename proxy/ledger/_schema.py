@@ -125,3 +125,14 @@ budgets = Table(
     Column("limit_value", Float, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# Rate limits per team (key_id "") or per key (revision 0006, issue 15); NULL: no limit on it.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("team", String(64), ForeignKey("teams.name"), primary_key=True),
+    Column("key_id", String(40), primary_key=True),
+    Column("requests_per_minute", Integer),
+    Column("tokens_per_minute", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

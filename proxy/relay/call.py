@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from proxy.upstreams import Upstream
 
 if TYPE_CHECKING:
+    from proxy.ratelimits import Admission
     from proxy.relay.attempts import Attempts
     from proxy.relay.facts import Endpoint
     from proxy.telemetry import RequestTelemetry
@@ -65,6 +66,7 @@ class Call:
         "key_id",
         "meter_closed",
         "model",
+        "rate",
         "received_at",
         "request_id",
         "settled",
@@ -97,6 +99,7 @@ class Call:
         self.client_id = False  # the request id is the client's own x-request-id
         self.claimed = False  # that id is claimed as in flight (see Budgets.claim)
         self.meter_closed = False
+        self.rate: Admission | None = None  # the rate limits it was admitted under, if any
 
     def need(self) -> Asked:
         """`asked`, for the steps that run only after routing."""

@@ -67,12 +67,16 @@ class Relay:
         try:
             if own_id and not call.client_id:
                 checks.check_request_id(own_id)  # raises: say why the id was refused
-            return await self._handle(request, call)
+            response = await self._handle(request, call)
         except ProxyError as error:
-            return self._refusal(call, error)
+            response = self._refusal(call, error)
         except Exception:
             log.exception("request %s: unexpected error", call.request_id)
-            return self._refusal(call, ProxyError("internal error in the proxy"))
+            response = self._refusal(call, ProxyError("internal error in the proxy"))
+        if call.rate is not None:
+            # A limited key's every answer says where it stands (OpenAI's x-ratelimit-*).
+            response.headers.update(call.rate.headers())
+        return response
 
     def _refusal(self, call: Call, error: ProxyError) -> Response:
         call.tally.status = error.status_code
@@ -87,6 +91,9 @@ class Relay:
         asked = call.need()
         budgets = self.services.budgets
         try:
+            call.rate = await self.services.rate_limits.admit(
+                call.team, call.key_id, approx_tokens(asked.prompt_text) + asked.max_tokens
+            )
             if call.client_id:
                 await self._claim(call)
             reservation = await budgets.reserve(

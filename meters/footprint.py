@@ -5,6 +5,8 @@ and the contract's JSON object and header numbers.
     E_facility = PUE · E_it
     operational carbon = E_facility [kWh] · I(zone)
     embodied carbon    = hardware_s · (GPUs / 8 · M_server + GPUs · M_gpu) / lifetime   (GSF SCI)
+    market-based operational = E_facility [kWh] · (c · F_market + (1 − c) · F_residual)
+                               (GHG Protocol Scope 2 market method; c the contracts' coverage)
     water      = E_it [kWh] · WUE_onsite + E_facility [kWh] · EWIF(zone)   (PUE applied once)
 
 Pure arithmetic over the value types of `meters.types`; no I/O.
@@ -24,7 +26,14 @@ from meters.constants import (
     SERVER_GPUS,
 )
 from meters.numbers import dumps_plain, format_decimal
-from meters.types import Footprint, Hardware, Intensity, Measurement, SiteFactors
+from meters.types import (
+    Footprint,
+    Hardware,
+    Intensity,
+    MarketContracts,
+    Measurement,
+    SiteFactors,
+)
 
 __all__ = [
     "GPU_EMBODIED_KGCO2E",
@@ -38,14 +47,17 @@ __all__ = [
     "footprint_json",
     "footprint_record",
     "format_decimal",
+    "market_operational_co2e_g",
 ]
 
 J_PER_KWH = 3.6e6
 ML_PER_L = 1000.0
 G_PER_KG = 1000.0
 
-# The figures a ranged estimate gives as [low, high] (contract.md `ranges`, plus embodied).
+# The figures a ranged estimate gives as [low, high] (contract.md `ranges`, plus embodied);
+# `co2e_market_g` too where the upstream has contracts.
 RANGE_FIELDS = ("gpu_energy_j", "energy_j", "co2e_g", "embodied_co2e_g", "water_ml")
+MARKET_RANGE_FIELD = "co2e_market_g"
 
 
 class _Figures(NamedTuple):
@@ -54,6 +66,19 @@ class _Figures(NamedTuple):
     co2e_g: float
     embodied_co2e_g: float
     water_ml: float
+    co2e_market_g: float | None
+
+
+def market_operational_co2e_g(facility_energy_j: float, contracts: MarketContracts) -> float:
+    """Market-based operational carbon (g) of `facility_energy_j` (GHG Protocol Scope 2, market
+    method): the covered share at the contracts' emission factor, the rest at the residual
+    mix, E [kWh] · (c · F_market + (1 − c) · F_residual). Embodied carbon is not Scope 2 and
+    is not in it."""
+    factor = (
+        contracts.coverage * contracts.market_gco2e_per_kwh
+        + (1.0 - contracts.coverage) * contracts.residual_gco2e_per_kwh
+    )
+    return facility_energy_j / J_PER_KWH * factor
 
 
 def embodied_co2e_g(hardware_s: float, gpus: int) -> float:
@@ -79,13 +104,8 @@ def compute_footprint(
         low, high = (
             _figures(bound, site, _gpus(bound, hardware), intensity) for bound in measurement.bounds
         )
-        ranges = {
-            name: (
-                min(getattr(low, name), getattr(high, name)),
-                max(getattr(low, name), getattr(high, name)),
-            )
-            for name in RANGE_FIELDS
-        }
+        names = RANGE_FIELDS if site.contracts is None else (*RANGE_FIELDS, MARKET_RANGE_FIELD)
+        ranges = {name: _span(getattr(low, name), getattr(high, name)) for name in names}
     return Footprint(
         method=measurement.method,
         gpu_energy_j=central.gpu_energy_j,
@@ -108,7 +128,13 @@ def compute_footprint(
         gpus=gpus,
         wue_l_per_kwh=site.wue_l_per_kwh,
         ewif_l_per_kwh=intensity.ewif_l_per_kwh,
+        co2e_market_g=central.co2e_market_g,
+        contracts=site.contracts,
     )
+
+
+def _span(low: float, high: float) -> tuple[float, float]:
+    return min(low, high), max(low, high)
 
 
 def _gpus(measurement: Measurement, hardware: Hardware) -> int:
@@ -122,6 +148,11 @@ def _figures(
     facility_energy_j = site.pue * it_energy_j
     operational_g = facility_energy_j / J_PER_KWH * intensity.gco2e_per_kwh
     embodied_g = embodied_co2e_g(measurement.hardware_s, gpus)
+    market_g = (
+        None
+        if site.contracts is None
+        else market_operational_co2e_g(facility_energy_j, site.contracts) + embodied_g
+    )
     water_l = (
         it_energy_j / J_PER_KWH * site.wue_l_per_kwh
         + facility_energy_j / J_PER_KWH * intensity.ewif_l_per_kwh
@@ -132,6 +163,7 @@ def _figures(
         co2e_g=operational_g + embodied_g,
         embodied_co2e_g=embodied_g,
         water_ml=water_l * ML_PER_L,
+        co2e_market_g=market_g,
     )
 
 
@@ -145,7 +177,8 @@ def footprint_record(
     """The contract's `footprint` object as plain Python values (floats rounded to 6
     significant digits). Serialize it with `dumps_plain` to keep numbers exponent-free.
     `intensity_source` / `water_source` say which kind of factor each figure used; `ranges`
-    (only for a ranged estimate) holds [low, high] per figure."""
+    (only for a ranged estimate) holds [low, high] per figure. `co2e_market_g` is there only
+    where the upstream has contract data."""
     record: dict[str, object] = {
         "request_id": request_id,
         "method": footprint.method,
@@ -154,6 +187,10 @@ def footprint_record(
         "co2e_g": _round(footprint.co2e_g),
         "embodied_co2e_g": _round(footprint.embodied_co2e_g),
         "water_ml": _round(footprint.water_ml),
+    }
+    if footprint.co2e_market_g is not None:
+        record["co2e_market_g"] = _round(footprint.co2e_market_g)
+    record |= {
         "zone": footprint.zone,
         "grid_gco2e_per_kwh": _round(footprint.grid_gco2e_per_kwh),
         "pue": _round(footprint.pue),

@@ -32,12 +32,30 @@ class Hardware:
 
 
 @dataclass(frozen=True, slots=True)
+class MarketContracts:
+    """An upstream's contractual instruments for market-based Scope 2 carbon (GHG Protocol).
+
+    `coverage` (0–1) is the share of the upstream's electricity the contracts (PPAs,
+    certificates, a supplier's tariff) cover, at `market_gco2e_per_kwh`, their emission
+    factor; the rest is at `residual_gco2e_per_kwh`, the residual mix, whose source
+    `residual_source` names (it goes on every ledger row)."""
+
+    coverage: float
+    market_gco2e_per_kwh: float
+    residual_gco2e_per_kwh: float
+    residual_source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SiteFactors:
-    """Where an upstream's electricity and water come from."""
+    """Where an upstream's electricity and water come from. `contracts`: the operator's
+    contractual instruments for market-based carbon; None where none are configured (then no
+    market-based figure is made)."""
 
     zone: str = "WORLD"
     pue: float = DEFAULT_PUE
     wue_l_per_kwh: float = DEFAULT_WUE_L_PER_KWH
+    contracts: MarketContracts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +127,11 @@ class Footprint:
     gpus: int = 0
     wue_l_per_kwh: float = 0.0
     ewif_l_per_kwh: float = 0.0
+    # Issue 18: market-based carbon (operational by the contracts and the residual mix, plus
+    # the same embodied carbon as `co2e_g`), and the contracts it came from; None where the
+    # upstream has no contract data (no market-based figure, not a copy of the location one).
+    co2e_market_g: float | None = None
+    contracts: MarketContracts | None = None
 
 
 class RequestTrack(Protocol):

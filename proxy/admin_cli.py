@@ -21,9 +21,18 @@ from typing import Any
 import httpx
 
 from meters.numbers import format_decimal
+from proxy.budgets import METRICS
 from proxy.config import Settings, load_settings
 
-NUMBER_COLUMNS = ("requests", "tokens", "energy_j", "co2e_g", "water_ml")
+NUMBER_COLUMNS = (
+    "requests",
+    "tokens",
+    "energy_j",
+    "co2e_g",
+    "co2e_market_g",
+    "market_energy_share",
+    "water_ml",
+)
 
 
 class CliError(Exception):
@@ -57,9 +66,7 @@ def register_admin_commands(subparsers: Any) -> None:
     budgets_cmd = budgets.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = budgets_cmd.add_parser("set", help="set a budget")
     p.add_argument("--team", required=True)
-    p.add_argument(
-        "--metric", required=True, choices=["energy_j", "co2e_g", "water_ml", "tokens", "requests"]
-    )
+    p.add_argument("--metric", required=True, choices=METRICS)
     p.add_argument("--limit", required=True, type=float)
     p.add_argument("--period", required=True, choices=["day", "month", "total"])
     _common(p, _budgets_set)
@@ -407,13 +414,41 @@ def _report(client: httpx.Client, args: argparse.Namespace) -> int:
     print(f"\n{len(report['data'])} row(s), {window}, idle energy: {report['idle_policy']}")
     for idle in report.get("idle", []):
         print(f"idle (not in rows above): {idle['upstream']}: {_num(idle['energy_j'])} J")
-    avoided_g = sum(float(row.get("co2e_avoided_g") or 0.0) for row in report["data"])
+    for line in carbon_totals(report["totals"]):
+        print(line)
+    avoided_g = float(report["totals"].get("co2e_avoided_g") or 0.0)
     if avoided_g:
         print(f"carbon avoided by routing (against the priority choice): {_num(avoided_g)} g CO2e")
     return 0
 
 
+def carbon_totals(totals: Mapping[str, Any]) -> list[str]:
+    """The period's carbon both ways (GHG Protocol Scope 2), as the report's closing lines."""
+    lines = [
+        f"carbon, location-based (co2e_g): {_num(float(totals['co2e_g']))} g",
+    ]
+    market_g = totals.get("co2e_market_g")
+    if market_g is None:
+        lines.append(
+            "carbon, market-based (co2e_market_g): none: no request in the period had "
+            "contract data ([upstreams.carbon])"
+        )
+    else:
+        share = float(totals["market_energy_share"])
+        rest = "" if share >= 1.0 else "; the rest had no contract data"
+        lines.append(
+            f"carbon, market-based (co2e_market_g): {_num(float(market_g))} g, over "
+            f"{format_decimal(share * 100.0, significant=3)} % of the energy "
+            f"({_num(float(totals['market_energy_j']))} of {_num(float(totals['energy_j']))} J"
+            f"{rest})"
+        )
+    lines.append(f"embodied carbon, in both: {_num(float(totals['embodied_co2e_g']))} g")
+    return lines
+
+
 def _num(value: Any) -> str:
+    if value is None:
+        return "-"  # no figure (co2e_market_g where no row had contract data)
     if isinstance(value, float):
         return format_decimal(value)
     return str(value)
@@ -425,7 +460,7 @@ def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         return "(nothing)"
     cells = [[_num(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(row.get(c), int | float) for row in rows) for c in columns]
+    numeric = [all(isinstance(row.get(c), int | float | None) for row in rows) for c in columns]
 
     def line(values: list[str]) -> str:
         return "  ".join(

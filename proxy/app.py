@@ -106,7 +106,10 @@ def build_upstream(
         client=build_client(upstream, transport),
         meter=meter,
         site=SiteFactors(
-            zone=upstream.zone, pue=upstream.pue, wue_l_per_kwh=upstream.wue_l_per_kwh
+            zone=upstream.zone,
+            pue=upstream.pue,
+            wue_l_per_kwh=upstream.wue_l_per_kwh,
+            contracts=upstream.carbon.contracts(),
         ),
         hardware=hardware,
         estimator=estimator,

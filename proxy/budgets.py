@@ -1,5 +1,5 @@
-"""Per-team budgets on energy_j, co2e_g, water_ml, tokens and requests, per day, month or in
-total: reserve the worst case before forwarding, settle to the real figure after.
+"""Per-team budgets on energy_j, co2e_g, water_ml, tokens, requests and co2e_market_g, per day,
+month or in total: reserve the worst case before forwarding, settle to the real figure after.
 
 Two backends behind one class:
 - in-process (no `budgets.redis_url`): one replica; counts live in memory, rebuilt from the
@@ -31,7 +31,10 @@ from proxy.errors import BudgetExceeded, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger("footprint.budgets")
 
-METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests")
+# co2e_market_g (issue 18): market-based carbon; a request without a market-based figure is
+# charged its location-based co2e_g on it (`Usage.values`), so no budget is escaped by going to
+# an upstream without contract data.
+METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests", "co2e_market_g")
 PERIODS = ("day", "month", "total")
 HEADER_PREFIX = "x-footprint-budget-remaining-"
 # How many settlements to keep for Redis while it is unreachable (policy "allow"); past that
@@ -50,9 +53,13 @@ class Usage:
     water_ml: float = 0.0
     tokens: float = 0.0
     requests: float = 0.0
+    co2e_market_g: float | None = None  # None: no market-based figure (charged co2e_g)
 
-    def values(self) -> tuple[float, float, float, float, float]:
-        return (self.energy_j, self.co2e_g, self.water_ml, self.tokens, self.requests)
+    def values(self) -> tuple[float, ...]:
+        """The amounts in `METRICS` order; co2e_market_g is co2e_g where there is none."""
+        market_g = self.co2e_g if self.co2e_market_g is None else self.co2e_market_g
+        charged = {"co2e_market_g": market_g}
+        return tuple(float(charged.get(metric, getattr(self, metric))) for metric in METRICS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.budgets import (
+    METRICS,
     BudgetLine,
     BudgetStore,
     StoreUnavailable,
@@ -35,11 +36,16 @@ log = logging.getLogger("footprint.budgets")
 _ATTEMPTS = 5
 
 # KEYS: 1 limits hash ("metric|period" -> limit, "_init" -> generation), 2 reservations hash
-# (id -> "a,b,c,d,e"), 3 expiries zset (id -> ms), 4 reserved hash (metric -> sum), 5 used
-# hash ("metric|period|period key" -> amount), 6 settled zset (id -> ms).
+# (id -> "a,b,…", one amount per metric), 3 expiries zset (id -> ms), 4 reserved hash
+# (metric -> sum), 5 used hash ("metric|period|period key" -> amount), 6 settled zset (id -> ms).
 # ARGV[1]: the generation the caller expects; A: the script's own arguments (ARGV[2:]).
-_LUA_DROP = """
-local METRICS = {'energy_j', 'co2e_g', 'water_ml', 'tokens', 'requests'}
+# The metric names come from `METRICS`, and every loop over them runs to `#METRICS`: a metric
+# added there is held, settled and dropped here too.
+_LUA_DROP = (
+    "local METRICS = {"
+    + ", ".join(f"'{metric}'" for metric in METRICS)
+    + "}\n"
+    + """
 local function drop(rid)
   local amounts = redis.call('HGET', KEYS[2], rid)
   if amounts then
@@ -53,6 +59,7 @@ local function drop(rid)
   redis.call('ZREM', KEYS[3], rid)
 end
 """
+)
 _LUA_COMMON = (
     _LUA_DROP
     + """
@@ -106,7 +113,7 @@ for i = 2, #ARGV do A[i - 1] = ARGV[i] end
 """
 )
 
-# A: request id, ttl ms, day, month, five worst-case amounts.
+# A: request id, ttl ms, day, month, the worst-case amounts (one per metric).
 _LUA_RESERVE = (
     _LUA_COMMON
     + """
@@ -115,14 +122,14 @@ local rid = A[1]
 local ls = lines(A[3], A[4])
 if redis.call('HEXISTS', KEYS[2], rid) == 1 then return flat('ok', ls) end
 local worst = {}
-for i = 1, 5 do worst[METRICS[i]] = tonumber(A[4 + i]) end
+for i = 1, #METRICS do worst[METRICS[i]] = tonumber(A[4 + i]) end
 for _, l in ipairs(ls) do
   local left = l[3] - l[4] - l[5]
   if left <= 0 or left < worst[l[1]] then return flat('exceeded', ls) end
 end
 if #ls > 0 then
   local amounts = {}
-  for i = 1, 5 do amounts[i] = fmt(worst[METRICS[i]]) end
+  for i = 1, #METRICS do amounts[i] = fmt(worst[METRICS[i]]) end
   hold(rid, table.concat(amounts, ','), tonumber(A[2]))
 end
 return flat('ok', lines(A[3], A[4]))
@@ -130,7 +137,7 @@ return flat('ok', lines(A[3], A[4]))
 )
 
 # A: request id, day, month, when its ledger row was durable (ms), keep settled ids (ms),
-# five actual amounts.
+# the actual amounts (one per metric).
 _LUA_SETTLE = (
     _LUA_COMMON
     + """
@@ -143,7 +150,7 @@ if not redis.call('ZSCORE', KEYS[6], rid) then
   -- A row durable before this generation read the ledger is in its sums already.
   if tonumber(A[4]) > init_ms then
     local pkeys = {day = A[2], month = A[3], total = 'all'}
-    for i = 1, 5 do
+    for i = 1, #METRICS do
       local v = tonumber(A[5 + i])
       if v ~= 0 then
         for period, pk in pairs(pkeys) do
@@ -164,7 +171,7 @@ _LUA_RELEASE = _LUA_DROP + "drop(ARGV[1])\nreturn 1\n"
 
 _LUA_LINES = _LUA_COMMON + "expire()\nreturn flat('ok', lines(A[1], A[2]))\n"
 
-# A: (request id, ttl ms, "a,b,c,d,e") triples: reservations this replica holds, put back
+# A: (request id, ttl ms, "a,b,…") triples: reservations this replica holds, put back
 # where Redis lost them (never one already settled or still held).
 _LUA_REASSERT = (
     _LUA_COMMON

@@ -37,6 +37,7 @@ from meters.constants import (
     accelerator,
 )
 from meters.intensity import IntensityTable, UnknownZone
+from meters.types import MarketContracts
 
 ENV_PREFIX = "FOOTPRINT_"
 
@@ -198,6 +199,64 @@ class HardwareSettings(_Section):
         return accelerator(self.accelerator).memory_gb
 
 
+class CarbonSettings(_Section):
+    """The operator's contractual instruments, for market-based carbon (issue 18; GHG Protocol
+    Scope 2 market method). All unset: no market-based figure for this upstream."""
+
+    # The emission factor of the contracted supply (0 for a wind PPA or bundled certificates).
+    market_gco2e_per_kwh: Annotated[float, Field(ge=0)] | None = None
+    # The factor for the share the contracts do not cover: the residual mix, with its source.
+    residual_gco2e_per_kwh: Annotated[float, Field(ge=0)] | None = None
+    residual_source: str = Field(default="", validate_default=True)
+    # The share of the upstream's electricity the contracts cover, 0–1. Declared last and
+    # validated even when unset, so its check sees every other key and names the one missing.
+    market_coverage: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, validate_default=True
+    )
+
+    @field_validator("market_coverage")
+    @classmethod
+    def _complete(cls, value: float | None, info: ValidationInfo) -> float | None:
+        market = info.data.get("market_gco2e_per_kwh")
+        residual = info.data.get("residual_gco2e_per_kwh")
+        if value is None:
+            for key in ("market_gco2e_per_kwh", "residual_gco2e_per_kwh"):
+                if info.data.get(key) is not None:
+                    raise ValueError(
+                        f"required when {key} is set (the share of the electricity the "
+                        "contracts cover, 0–1)"
+                    )
+            return None
+        if value > 0 and market is None:
+            raise ValueError("above 0 needs market_gco2e_per_kwh, the contracts' factor")
+        if value < 1 and residual is None:
+            raise ValueError(
+                "below 1 needs residual_gco2e_per_kwh (and residual_source) for the uncovered share"
+            )
+        return value
+
+    @field_validator("residual_source")
+    @classmethod
+    def _residual_named(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("residual_gco2e_per_kwh") is not None and not value.strip():
+            raise ValueError(
+                "required when residual_gco2e_per_kwh is set: where the residual mix is from "
+                '(e.g. "AIB European Residual Mixes 2024, Germany")'
+            )
+        return value
+
+    def contracts(self) -> MarketContracts | None:
+        """The contracts as `meters` takes them; None where none are configured."""
+        if self.market_coverage is None:
+            return None
+        return MarketContracts(
+            coverage=self.market_coverage,
+            market_gco2e_per_kwh=self.market_gco2e_per_kwh or 0.0,
+            residual_gco2e_per_kwh=self.residual_gco2e_per_kwh or 0.0,
+            residual_source=self.residual_source.strip(),
+        )
+
+
 class UpstreamSettings(_Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     base_url: str
@@ -231,6 +290,7 @@ class UpstreamSettings(_Section):
     max_concurrency: Annotated[int, Field(ge=0)] = 0
     meter: MeterSettings = Field(default_factory=MeterSettings)
     hardware: HardwareSettings = Field(default_factory=HardwareSettings)
+    carbon: CarbonSettings = Field(default_factory=CarbonSettings)
 
     @field_validator("base_url")
     @classmethod
@@ -388,7 +448,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif first["type"] == "value_error":

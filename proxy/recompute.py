@@ -2,10 +2,11 @@
 
 A ledger row keeps what its figures follow from (revision 0004): the attributed or estimated
 GPU energy, the server share, the hardware occupancy and its GPU count, the PUE and on-site WUE,
-the grid intensity and water factor it used, and the methodology version. Recomputing with
-today's arithmetic (`meters.footprint.compute_footprint`) must give the stored figures; where it
-does not, the row is listed with each figure that moved and why (another methodology version,
-or inputs that were not stored because the row predates revision 0004).
+the grid intensity and water factor it used, and the methodology version; and, where it has a
+market-based figure (revision 0005), the contracts' coverage and factor and the residual mix.
+Recomputing with today's arithmetic (`meters.footprint.compute_footprint`) must give the stored
+figures; where it does not, the row is listed with each figure that moved and why (another
+methodology version, or inputs that were not stored because the row predates revision 0004).
 
 The estimate itself (tokens → GPU energy) is not redone: its inputs (the catalogue's counts, the
 measured latency) are the basis the row names, and a measured figure cannot be re-measured.
@@ -19,12 +20,15 @@ from typing import Any
 
 from meters.constants import METHODOLOGY_VERSION
 from meters.footprint import compute_footprint
-from meters.types import Hardware, Intensity, Measurement, SiteFactors
+from meters.types import Hardware, Intensity, MarketContracts, Measurement, SiteFactors
 
 __all__ = ["FIGURES", "RowChange", "recompute_row", "recompute_rows"]
 
-# The stored figures recomputed, in the order a report lists them.
+# The stored figures recomputed, in the order a report lists them; `co2e_market_g` too on a
+# row that has one (revision 0005: its contracts are stored beside it).
 FIGURES = ("energy_j", "co2e_g", "embodied_co2e_g", "water_ml")
+MARKET_FIGURE = "co2e_market_g"
+_CONTRACTS = ("market_coverage", "market_gco2e_per_kwh", "residual_gco2e_per_kwh")
 _INPUTS = ("server_energy_j", "hardware_s", "gpus", "wue_l_per_kwh", "ewif_l_per_kwh")
 # Stored figures are full floats; the same arithmetic gives them back to rounding error.
 _REL = 1e-9
@@ -59,8 +63,16 @@ def recompute_row(row: Mapping[str, Any]) -> RowChange | None:
         basis=str(row["basis"]),
         gpus=gpus,
     )
+    market = row.get(MARKET_FIGURE) is not None
+    if market and any(row.get(name) is None for name in _CONTRACTS):
+        return RowChange(
+            request_id, f"{MARKET_FIGURE} stored without its contracts: cannot be recomputed"
+        )
     site = SiteFactors(
-        zone=str(row["zone"]), pue=float(row["pue"]), wue_l_per_kwh=float(row["wue_l_per_kwh"])
+        zone=str(row["zone"]),
+        pue=float(row["pue"]),
+        wue_l_per_kwh=float(row["wue_l_per_kwh"]),
+        contracts=_contracts(row) if market else None,
     )
     intensity = Intensity(
         zone=str(row["zone"]),
@@ -70,7 +82,7 @@ def recompute_row(row: Mapping[str, Any]) -> RowChange | None:
     )
     again = compute_footprint(measurement, site, Hardware(gpus=max(gpus, 1)), intensity)
     changed = {}
-    for name in FIGURES:
+    for name in (*FIGURES, MARKET_FIGURE) if market else FIGURES:
         stored, now = float(row[name]), float(getattr(again, name))
         if abs(stored - now) > _REL * max(abs(stored), abs(now), 1e-300):
             changed[name] = (stored, now)
@@ -83,6 +95,15 @@ def recompute_row(row: Mapping[str, Any]) -> RowChange | None:
         "or computed by other code"
     )
     return RowChange(request_id, reason, changed)
+
+
+def _contracts(row: Mapping[str, Any]) -> MarketContracts:
+    return MarketContracts(
+        coverage=float(row["market_coverage"]),
+        market_gco2e_per_kwh=float(row["market_gco2e_per_kwh"]),
+        residual_gco2e_per_kwh=float(row["residual_gco2e_per_kwh"]),
+        residual_source=str(row.get("residual_source") or ""),
+    )
 
 
 def recompute_rows(rows: Iterable[Mapping[str, Any]]) -> tuple[int, list[RowChange]]:

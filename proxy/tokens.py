@@ -11,6 +11,7 @@ tokens were counted by Footprint.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -50,28 +51,27 @@ def prompt_text(body: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+# A word (letters, digits) or a run of punctuation: what one BPE token most often is.
+_UNIT = re.compile(r"\w+|[^\w\s]+")
+
+
+def delta_tokens(text: str) -> int:
+    """Output tokens in one streamed delta's text. Servers that stream a token per chunk
+    (llama.cpp's, vLLM by default) send one word piece or punctuation run per chunk, which
+    is one token however long it is; a chunk carrying several (batched or speculative
+    decoding) has several units: then the larger of its units and the rule of thumb."""
+    if not text:
+        return 0
+    units = len(_UNIT.findall(text))
+    if units <= 1:
+        return 1
+    return max(units, approx_tokens(text))
+
+
 def approx_tokens(text: str) -> int:
     if not text:
         return 0
     return max(1, round(len(text) / CHARS_PER_TOKEN))
-
-
-# The longest piece of text that one token of a streamed delta is taken to be.
-_ONE_TOKEN_MAX_CHARS = 16
-
-
-def delta_tokens(text: str) -> int:
-    """Output tokens in one streamed delta's text. Servers that stream without usage
-    (llama.cpp, Ollama) send one token per chunk: a single word piece (no whitespace after an
-    optional leading space) counts one, however long, where the rule of thumb would count a
-    six-letter piece as two. A delta of several words (a server that batches tokens into a
-    chunk) is counted by the rule of thumb."""
-    if not text:
-        return 0
-    piece = text[1:] if text[0] == " " else text
-    if len(text) <= _ONE_TOKEN_MAX_CHARS and not any(ch.isspace() for ch in piece):
-        return 1
-    return approx_tokens(text)
 
 
 TokenizeShape = Literal["auto", "vllm", "llama.cpp", "llama-cpp-python"]

@@ -22,8 +22,9 @@ HARDWARE_S = 0.12
 ZONE = "KR"
 
 
-def example() -> Footprint:
-    """41.7 J measured on one GPU in Korea, a 0.12 s hardware share, defaults elsewhere."""
+def example(site: SiteFactors | None = None) -> Footprint:
+    """41.7 J measured on one GPU in Korea, a 0.12 s hardware share, defaults elsewhere
+    (`site`: the same with other site factors, e.g. contracts for market-based carbon)."""
     measurement = Measurement(
         gpu_energy_j=GPU_ENERGY_J,
         server_energy_j=DEFAULT_SERVER_POWER_W_PER_GPU * 1 * HARDWARE_S,
@@ -33,7 +34,8 @@ def example() -> Footprint:
         gpus=1,
     )
     table = IntensityTable.shipped()
-    return compute_footprint(measurement, SiteFactors(zone=ZONE), Hardware(), table.lookup(ZONE))
+    site = SiteFactors(zone=ZONE) if site is None else site
+    return compute_footprint(measurement, site, Hardware(), table.lookup(ZONE))
 
 
 def test_the_methodology_figures_block_is_what_the_code_gives() -> None:

@@ -18,12 +18,13 @@ from proxy.ledger._records import (
 )
 from proxy.ledger._series import BUCKETS, ORDER_FIELDS, SERIES_KEYS
 from proxy.ledger._store import AlreadyExists, Store, UnknownKey, UnknownTeam
-from proxy.ledger._usage import GROUP_KEYS, SUM_FIELDS
+from proxy.ledger._usage import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, usage_totals
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
     "BUCKETS",
     "GROUP_KEYS",
+    "MARKET_FIELDS",
     "METRICS",
     "ORDER_FIELDS",
     "PERIODS",
@@ -46,4 +47,5 @@ __all__ = [
     "iso",
     "open_ledger",
     "unavailable",
+    "usage_totals",
 ]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import case, event, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -212,6 +212,14 @@ class Ledger(Store, SeriesQueries):
             func.coalesce(func.sum(requests.c.prompt_tokens), 0).label("prompt_tokens"),
             func.coalesce(func.sum(requests.c.completion_tokens), 0).label("completion_tokens"),
             *(func.coalesce(func.sum(getattr(requests.c, f)), 0.0).label(f) for f in _FIGURE_SUMS),
+            # NULL where no row of the group has a market-based figure (SUM skips NULLs).
+            func.sum(requests.c.co2e_market_g).label("co2e_market_g"),
+            func.coalesce(
+                func.sum(
+                    case((requests.c.co2e_market_g.is_not(None), requests.c.energy_j), else_=0.0)
+                ),
+                0.0,
+            ).label("market_energy_j"),
         ).group_by(*keys)
         spread = idle_policy == "spread"
         # Spreading needs every team's energy on an upstream; filter to `team` afterwards.
@@ -230,6 +238,7 @@ class Ledger(Store, SeriesQueries):
             row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
             for f in _FIGURE_SUMS:
                 row[f] = float(row[f])
+            row["market_energy_j"] = float(row["market_energy_j"])
         by_day = split_idle_by_day(intervals, start, end)
         rows, unspread = aggregate(
             fine, [*group_by, "team"] if team and spread else group_by, by_day if spread else None

@@ -14,7 +14,8 @@ from meters.types import Footprint
 Endpoint = Literal["chat.completions", "completions", "embeddings", "responses", "messages"]
 
 # Budget metrics, as in contract.md, and how each is summed from ledger rows.
-METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests")
+# co2e_market_g: a row without one counts its co2e_g (as proxy.budgets charges it).
+METRICS = ("energy_j", "co2e_g", "water_ml", "tokens", "requests", "co2e_market_g")
 PERIODS = ("day", "month", "total")
 
 
@@ -61,7 +62,14 @@ class LedgerRecord:
     gpus: int | None = None
     wue_l_per_kwh: float | None = None
     ewif_l_per_kwh: float | None = None
-    # Revision 0006: the routing decision (JSON: policy, upstream, candidates, attempts,
+    # Revision 0005 (issue 18): market-based carbon and the contracts it follows from; all
+    # None where the upstream has no contract data.
+    co2e_market_g: float | None = None
+    market_coverage: float | None = None
+    market_gco2e_per_kwh: float | None = None
+    residual_gco2e_per_kwh: float | None = None
+    residual_source: str | None = None
+    # Revision 0006 (issue 15): the routing decision (JSON: policy, upstream, candidates, attempts,
     # reason, expected and worst gCO2e, the priority choice) where a policy chose among
     # several upstreams, and the carbon it avoided against the priority choice.
     route: str | None = None
@@ -81,9 +89,9 @@ _FIELD_NAMES = tuple(f.name for f in fields(LedgerRecord))
 
 
 def figure_columns(footprint: Footprint) -> dict[str, Any]:
-    """Every column that comes from a request's footprint (its figures, and revision 0004's
-    record of how they were made): `LedgerRecord(..., **figure_columns(footprint))`, so the
-    row can be recomputed later."""
+    """Every column that comes from a request's footprint (its figures, revision 0004's record
+    of how they were made, revision 0005's market-based carbon and its contracts):
+    `LedgerRecord(..., **figure_columns(footprint))`, so the row can be recomputed later."""
     ranges = (
         None
         if footprint.ranges is None
@@ -111,6 +119,20 @@ def figure_columns(footprint: Footprint) -> dict[str, Any]:
         "gpus": footprint.gpus,
         "wue_l_per_kwh": footprint.wue_l_per_kwh,
         "ewif_l_per_kwh": footprint.ewif_l_per_kwh,
+        **_market_columns(footprint),
+    }
+
+
+def _market_columns(footprint: Footprint) -> dict[str, Any]:
+    contracts = footprint.contracts
+    if contracts is None or footprint.co2e_market_g is None:
+        return {}
+    return {
+        "co2e_market_g": footprint.co2e_market_g,
+        "market_coverage": contracts.coverage,
+        "market_gco2e_per_kwh": contracts.market_gco2e_per_kwh,
+        "residual_gco2e_per_kwh": contracts.residual_gco2e_per_kwh,
+        "residual_source": contracts.residual_source[:200],
     }
 
 

@@ -70,6 +70,13 @@ requests = Table(
     Column("gpus", Integer),
     Column("wue_l_per_kwh", Float),
     Column("ewif_l_per_kwh", Float),
+    # Revision 0005 (issue 18): market-based carbon (Scope 2 market method, plus embodied) and
+    # the upstream's contracts it follows from; NULL where the upstream had no contract data.
+    Column("co2e_market_g", Float),
+    Column("market_coverage", Float),
+    Column("market_gco2e_per_kwh", Float),
+    Column("residual_gco2e_per_kwh", Float),
+    Column("residual_source", String(200)),
     # Revision 0006 (issue 15): the routing decision as JSON, and the carbon it avoided against
     # the priority choice (NULL where no policy chose among several upstreams).
     Column("route", Text),

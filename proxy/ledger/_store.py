@@ -264,6 +264,9 @@ class Store:
             func.coalesce(func.sum(requests.c.water_ml), 0.0),
             func.coalesce(func.sum(requests.c.prompt_tokens + requests.c.completion_tokens), 0),
             func.coalesce(func.sum(counted), 0),
+            func.coalesce(
+                func.sum(func.coalesce(requests.c.co2e_market_g, requests.c.co2e_g)), 0.0
+            ),
         ).where(requests.c.team == team)
         if since is not None:
             query = query.where(requests.c.created_at >= as_utc(since))

@@ -30,6 +30,10 @@ SUM_FIELDS = (
     "co2e_avoided_g",  # by routing, against the priority choice (0 where nothing was weighed)
 )
 IDLE_FIELDS = ("idle_gpu_energy_j", "idle_energy_j", "idle_co2e_g", "idle_water_ml")
+# Market-based carbon (issue 18), beside `co2e_g`: its sum over the rows that have one (None
+# where none has), the facility energy of those rows, and that energy's share of the group's
+# `energy_j` (idle energy, spread or not, has no market-based figure).
+MARKET_FIELDS = ("co2e_market_g", "market_energy_j", "market_energy_share")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,8 @@ def aggregate(
 
     Returns (rows, unspread idle per upstream). With spreading, a row's energy_j, co2e_g,
     water_ml and gpu_energy_j include its idle share, and idle_* says how much of it that is.
+    Fine rows may carry `co2e_market_g` (None: no row of theirs had one) and `market_energy_j`;
+    every output row gets the three `MARKET_FIELDS`.
     """
     shares: list[list[float]] = [[0.0, 0.0, 0.0, 0.0] for _ in fine_rows]
     unspread: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
@@ -120,9 +126,11 @@ def aggregate(
             )
             if idle_by_upstream_day is not None:
                 acc.update({f: 0.0 for f in IDLE_FIELDS})
+            acc.update({"co2e_market_g": None, "market_energy_j": 0.0})
             groups[key] = acc
         for f in SUM_FIELDS:
             acc[f] += row[f]
+        _add_market(acc, row)
         if idle_by_upstream_day is not None:
             for f, v in zip(IDLE_FIELDS, share, strict=True):
                 acc[f] += v
@@ -131,8 +139,46 @@ def aggregate(
             acc["co2e_g"] += share[2]
             acc["water_ml"] += share[3]
     rows = [groups[k] for k in sorted(groups, key=lambda k: tuple(str(x) for x in k))]
+    for acc in rows:
+        acc["market_energy_share"] = market_energy_share(acc)
     idle_rows = [
         {"upstream": name, "gpu_energy_j": v[0], "energy_j": v[1], "co2e_g": v[2], "water_ml": v[3]}
         for name, v in sorted(unspread.items())
     ]
     return rows, idle_rows
+
+
+def usage_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The period's totals over usage rows: location-based `co2e_g` and market-based
+    `co2e_market_g` side by side (None where no row has one), the embodied carbon in both,
+    and the share of the energy that had a market-based figure."""
+    totals: dict[str, Any] = {
+        "requests": sum(int(r["requests"]) for r in rows),
+        "energy_j": sum(float(r["energy_j"]) for r in rows),
+        "co2e_g": sum(float(r["co2e_g"]) for r in rows),
+        "embodied_co2e_g": sum(float(r["embodied_co2e_g"]) for r in rows),
+        # Carbon the routing policies avoided against the priority choice (issue 15).
+        "co2e_avoided_g": sum(float(r.get("co2e_avoided_g") or 0.0) for r in rows),
+        "co2e_market_g": None,
+        "market_energy_j": 0.0,
+    }
+    for row in rows:
+        _add_market(totals, row)
+    totals["market_energy_share"] = market_energy_share(totals)
+    return totals
+
+
+def _add_market(acc: dict[str, Any], row: dict[str, Any]) -> None:
+    market_g = row.get("co2e_market_g")
+    if market_g is None:
+        return
+    acc["co2e_market_g"] = (acc["co2e_market_g"] or 0.0) + float(market_g)
+    acc["market_energy_j"] += float(row.get("market_energy_j") or 0.0)
+
+
+def market_energy_share(acc: dict[str, Any]) -> float:
+    """The share (0–1) of a group's facility energy that has a market-based figure."""
+    energy_j = float(acc["energy_j"])
+    if energy_j <= 0.0:
+        return 0.0 if acc.get("co2e_market_g") is None else 1.0
+    return min(1.0, float(acc["market_energy_j"]) / energy_j)

@@ -7,9 +7,15 @@ budget settled → telemetry ends → the last bytes (the footprint) leave.
 
 Modules, one job each:
 
-- `endpoints`: the table, one `Endpoint` per relayed endpoint (`facts` has the types; `chat`
-  the readers, checks and stream closers of OpenAI's Chat Completions family). Adding an
-  endpoint is one entry there, one route line, and its tests.
+- `endpoints`: the table, one `Endpoint` per relayed endpoint (`facts` has the types). The
+  readers, checks and stream closers of each API family: `chat` (Chat Completions,
+  Completions, Embeddings), `responses` (OpenAI's Responses API), `messages` (Anthropic's
+  Messages API). Adding an endpoint is one entry there (its route follows from the table)
+  and its tests.
+- `attach`: where the footprint goes (a member appended to the upstream's JSON bytes).
+- `stored`: `GET`/`DELETE /v1/responses/{id}` at the upstream that made the response;
+  `counting`: `POST /v1/messages/count_tokens`. Neither is metered.
+- `embeddings`: the derived energy of an estimated embeddings request.
 - `call`: `Call`, the typed state of one request: `Asked` (frozen, once routed) and `Tally`
   (what the answer brought).
 - `intake`: the body read within its limit; `checks`: the field checks endpoints share.

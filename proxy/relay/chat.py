@@ -107,7 +107,7 @@ def read_embeddings(answer: Body) -> AnswerFacts:
 
 
 def _delta_tokens(choice: dict[str, Any]) -> int:
-    """Output tokens in one streamed choice: its new text (`delta_tokens`), and at least
+    """Output tokens in one streamed choice (`delta_tokens` of its new text), and at least
     one for a choice that brought anything (a tool call's first delta carries only a name)."""
     delta = choice.get("delta")
     if not isinstance(delta, dict):
@@ -119,8 +119,7 @@ def _delta_tokens(choice: dict[str, Any]) -> int:
         if isinstance(function, dict):
             parts.append(function.get("arguments"))
     text = "".join(p for p in parts if isinstance(p, str))
-    brought = bool(text) or bool(delta.get("tool_calls"))
-    return max(delta_tokens(text), 1 if brought else 0)
+    return max(delta_tokens(text), 1 if delta.get("tool_calls") else 0)
 
 
 def read_chunk(chunk: Body) -> EventFacts:

@@ -10,6 +10,8 @@ works, instead of failing after it did.
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Mapping
 from types import UnionType
 
 from proxy.errors import InvalidRequest
@@ -32,6 +34,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def valid_request_id(value: str) -> bool:
     return _REQUEST_ID.fullmatch(value) is not None
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The client's `x-request-id` when it is a valid one, else a new id (for the routes that
+    record nothing, where a duplicate does no harm)."""
+    own = headers.get("x-request-id")
+    return own if own and valid_request_id(own) else f"req-{uuid.uuid4().hex}"
 
 
 def check_request_id(value: str) -> str:

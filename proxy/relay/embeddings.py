@@ -13,6 +13,7 @@ size stays `unavailable: …`, never a silent 0.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from meters import Measurement, MeterError
 from meters.estimate import Estimator
@@ -37,12 +38,25 @@ def embeddings_measurement(
         one = estimator.estimate(model, 0, 1, math.inf)
     except MeterError as exc:
         return Measurement(0.0, 0.0, 0.0, "estimated", f"unavailable: {exc}")
-    tokens = alpha * input_tokens
-    return Measurement(
+    basis = f"derived:embeddings(alpha={alpha:g} x {one.basis})"
+    return _scaled(one, alpha * input_tokens, basis, latency_s)
+
+
+def _scaled(one: Measurement, tokens: float, basis: str, latency_s: float) -> Measurement:
+    """One output token's estimate times `tokens`: energy, server share, hardware time, and
+    the low and high bounds alike; GPU count unchanged."""
+    bounds = one.bounds
+    return replace(
+        one,
         gpu_energy_j=one.gpu_energy_j * tokens,
         server_energy_j=one.server_energy_j * tokens,
         hardware_s=one.hardware_s * tokens,
-        method="estimated",
-        basis=f"derived:embeddings(alpha={alpha:g} x {one.basis})",
+        basis=basis,
         duration_s=latency_s,
+        bounds=None
+        if bounds is None
+        else (
+            _scaled(bounds[0], tokens, basis, latency_s),
+            _scaled(bounds[1], tokens, basis, latency_s),
+        ),
     )

@@ -191,6 +191,7 @@ def spent(call: Call, footprint: Footprint) -> Usage:
         co2e_g=footprint.co2e_g,
         water_ml=footprint.water_ml,
         tokens=call.tally.prompt_tokens + call.tally.completion_tokens,
+        co2e_market_g=footprint.co2e_market_g,
         requests=1,
     )
 
@@ -248,6 +249,13 @@ def footprint_object(call: Call, footprint: Footprint) -> dict[str, object]:
     return obj
 
 
+def _market_header(footprint: Footprint) -> dict[str, str]:
+    # Only where the upstream has contracts: absent, never a copy of the location-based figure.
+    if footprint.co2e_market_g is None:
+        return {}
+    return {"x-footprint-co2e-market-g": format_decimal(footprint.co2e_market_g)}
+
+
 def footprint_headers(
     call: Call, footprint: Footprint, remaining: Mapping[str, float]
 ) -> dict[str, str]:
@@ -258,6 +266,7 @@ def footprint_headers(
         "x-footprint-gpu-energy-j": format_decimal(footprint.gpu_energy_j),
         "x-footprint-energy-j": format_decimal(footprint.energy_j),
         "x-footprint-co2e-g": format_decimal(footprint.co2e_g),
+        **_market_header(footprint),
         "x-footprint-water-ml": format_decimal(footprint.water_ml),
         "x-footprint-zone": footprint.zone,
         "x-footprint-grid-gco2e-per-kwh": format_decimal(footprint.grid_gco2e_per_kwh),

@@ -23,6 +23,7 @@ from proxy.errors import DuplicateRequestId, ModelNotFound, PermissionDenied, Pr
 from proxy.relay import checks, send
 from proxy.relay.attempts import Attempts
 from proxy.relay.call import Asked, Call
+from proxy.relay.embeddings import embeddings_measurement
 from proxy.relay.endpoints import ENDPOINTS
 from proxy.relay.finish import Finisher
 from proxy.relay.intake import read_json
@@ -224,6 +225,11 @@ class Relay:
         except MeterError:
             # A model of unknown size: only token and request budgets can be held for it.
             return Usage(tokens=tokens, requests=1)
+        if not call.spec.generates:  # what finishing will charge it (embeddings.py)
+            alpha = self.settings.metering.alpha
+            measurement = embeddings_measurement(
+                asked.upstream.estimator, asked.model, prompt_tokens, 0.0, alpha
+            )
         footprint = await self.finisher.footprint(asked.upstream, measurement)
         return Usage(
             energy_j=footprint.energy_j,
@@ -231,6 +237,7 @@ class Relay:
             water_ml=footprint.water_ml,
             tokens=tokens,
             requests=1,
+            co2e_market_g=footprint.co2e_market_g,
         )
 
     async def drain(self) -> None:

@@ -9,15 +9,14 @@ does not answer 404. Nothing here is metered: no tokens are generated.
 
 from __future__ import annotations
 
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.errors import NotFound, ProxyError
-from proxy.relay import send
+from proxy.errors import NotFound, ProxyError, RequestTooLarge
+from proxy.relay import checks, send
 from proxy.relay.endpoints import ENDPOINTS
 from proxy.services import Services
 from proxy.upstreams import Upstream
@@ -76,7 +75,7 @@ class StoredResponses:
         return [known] if known is not None else []
 
     async def handle(self, request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+        request_id = checks.request_id_of(request.headers)
         try:
             return await self._handle(request, request_id)
         except ProxyError as error:
@@ -87,6 +86,9 @@ class StoredResponses:
         response_id = request.path_params["response_id"]
         path = request.url.path.removeprefix("/v1")
         content = await request.body()
+        limit = self.services.settings.server.max_body_bytes
+        if len(content) > limit:
+            raise RequestTooLarge(f"request body is over the limit of {limit} bytes")
         answer: Response | None = None
         for upstream in self._candidates(response_id, principal.team):
             headers = send.upstream_headers(

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from meters.numbers import format_decimal
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound
-from proxy.ledger import GROUP_KEYS, SUM_FIELDS, iso
+from proxy.ledger import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, iso, usage_totals
 
 footprint_router = APIRouter(prefix="/v1/footprint")
 
@@ -88,8 +88,9 @@ def parse_group_by(raw: str | None) -> list[str]:
     return keys
 
 
-def usage_csv(rows: list[dict[str, Any]], group_by: list[str]) -> str:
-    columns = [*group_by, *SUM_FIELDS]
+def usage_csv(rows: list[dict[str, Any]], group_by: list[str], market: bool = False) -> str:
+    """Usage rows as CSV; `market`: with the market-based columns (usage rows have them)."""
+    columns = [*group_by, *SUM_FIELDS, *(MARKET_FIELDS if market else ())]
     if rows and "idle_energy_j" in rows[0]:
         columns += ["idle_gpu_energy_j", "idle_energy_j", "idle_co2e_g", "idle_water_ml"]
     out = io.StringIO()
@@ -101,6 +102,8 @@ def usage_csv(rows: list[dict[str, Any]], group_by: list[str]) -> str:
 
 
 def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""  # no figure (co2e_market_g where no row had contract data)
     if isinstance(value, float):
         return format_decimal(value)
     return str(value)
@@ -145,11 +148,12 @@ async def get_usage(request: Request) -> Response:
     rows, idle = await request.app.state.ledger.usage_report(
         group_by, start, end, team, idle_policy
     )
+    totals = usage_totals(rows)  # over every row of the period, `limit` or not
     truncated = len(rows) > limit
     rows = rows[:limit]
     if fmt == "csv":
         return Response(
-            usage_csv(rows, group_by),
+            usage_csv(rows, group_by, market=True),
             media_type="text/csv; charset=utf-8",
             headers={"content-disposition": 'attachment; filename="footprint-usage.csv"'},
         )
@@ -163,6 +167,9 @@ async def get_usage(request: Request) -> Response:
             "idle_policy": idle_policy,
             "data": rows,
             "has_more": truncated,
+            # Location- and market-based carbon side by side (issue 18), and how much of the
+            # period's energy had a market-based figure.
+            "totals": totals,
             # Idle energy per upstream not carried by any team row (admin only).
             "idle": idle if principal.admin else [],
         }

@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from proxy.errors import ModelNotFound
 from proxy.relay import ENDPOINTS, Relay
+from proxy.relay.counting import count_tokens
 from proxy.services import Services
 
 router = APIRouter()
@@ -41,6 +42,10 @@ async def stored_response(request: Request) -> Response:
     return await relay_of(request).stored.handle(request)
 
 
+async def messages_count_tokens(request: Request) -> Response:
+    return await count_tokens(services_of(request), request)
+
+
 def relay_routes() -> list[BaseRoute]:
     """One POST route per entry of the endpoint table, and the stored-response routes, as
     plain Starlette routes: they take the bare request, so FastAPI's per-route dependency and
@@ -53,6 +58,7 @@ def relay_routes() -> list[BaseRoute]:
         Route(stored, stored_response, methods=["GET", "DELETE"]),
         Route(stored + "/input_items", stored_response, methods=["GET"]),
         Route(stored + "/cancel", stored_response, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages_count_tokens, methods=["POST"]),
     ]
 
 

@@ -346,6 +346,8 @@ class Telemetry:
                 attributes[n.RESPONSE_MODEL] = call.response_model
             if call.finish_reasons:
                 attributes[n.FINISH_REASONS] = tuple(call.finish_reasons)
+            if footprint.co2e_market_g is not None:
+                attributes[n.FOOTPRINT_CO2E_MARKET_G] = footprint.co2e_market_g
             if call.cancelled:
                 attributes[n.FOOTPRINT_CANCELLED] = True
             if error_type is not None:

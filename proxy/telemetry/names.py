@@ -32,6 +32,7 @@ FOOTPRINT_GPU_ENERGY_J = "footprint.gpu_energy_j"
 FOOTPRINT_ENERGY_J = "footprint.energy_j"
 FOOTPRINT_CO2E_G = "footprint.co2e_g"
 FOOTPRINT_EMBODIED_CO2E_G = "footprint.embodied_co2e_g"
+FOOTPRINT_CO2E_MARKET_G = "footprint.co2e_market_g"  # only where the upstream has contracts
 FOOTPRINT_WATER_ML = "footprint.water_ml"
 FOOTPRINT_ZONE = "footprint.zone"
 FOOTPRINT_GRID = "footprint.grid_gco2e_per_kwh"

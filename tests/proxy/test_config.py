@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, load_settings
+from tests.support.refusal import serve_refusal
 
 UPSTREAM = '[[upstreams]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\n'
 
@@ -48,15 +49,7 @@ def test_impossible_settings_stop_the_start_naming_the_key(
     path.write_text(toml)
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_settings(path, environ={})
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and key in lines[0]
+    assert key in serve_refusal(path)
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:

@@ -79,8 +79,10 @@ def test_an_unknown_accelerator_needs_its_memory() -> None:
 
 
 def test_measured_embodied_counts_the_metered_gpus() -> None:
-    # meter.gpus = [0..7] without hardware.gpus: the server share was counted over 8 GPUs, and
-    # so is embodied carbon (the audit's 8x-low case counted 1).
-    upstream = upstream_for(meter={"kind": "nvml", "gpus": list(range(8))})
+    # meter.gpus = [0..7]: the server share is counted over 8 GPUs, and so is embodied carbon
+    # (the audit's 8x-low case counted 1). The start refuses a hardware.gpus that disagrees
+    # (tests/proxy/test_config.py), so the two can only be given alike.
+    upstream = upstream_for(gpus=8, meter={"kind": "nvml", "gpus": list(range(8))})
     assert upstream.hardware.gpus == 8
+    assert upstream.meter.hardware is not None and upstream.meter.hardware.gpus == 8
     asyncio.run(upstream.client.aclose())

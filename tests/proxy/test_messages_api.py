@@ -173,3 +173,18 @@ def test_a_bad_message_request_is_refused_in_anthropics_shape(
     assert error["error"]["type"] == "invalid_request_error"
     assert word in error["error"]["message"]
     assert upstream_log.requests == []
+
+
+def test_count_tokens_is_relayed_to_the_models_upstream_and_not_metered(
+    proxy: ServerThread, upstream_log: UpstreamLog
+) -> None:
+    raw = client(proxy).messages.with_raw_response.count_tokens(
+        model="echo", system="be brief", messages=MESSAGES
+    )
+    assert raw.parse().input_tokens == 4
+    assert upstream_log.requests[-1]["messages"] == MESSAGES
+    found = httpx.get(f"{proxy.url}/v1/footprint/requests/{raw.headers['x-request-id']}")
+    assert found.status_code == 404  # nothing generated, nothing recorded
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client(proxy).messages.count_tokens(model="echo", messages=[])
+    assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]

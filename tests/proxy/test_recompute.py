@@ -19,7 +19,7 @@ from meters.constants import INTENSITY_DATA_YEAR, METHODOLOGY_VERSION
 from meters.estimate import Estimator
 from meters.footprint import compute_footprint
 from meters.intensity import IntensityTable
-from meters.types import Footprint, Hardware, Measurement, SiteFactors
+from meters.types import Footprint, Hardware, MarketContracts, Measurement, SiteFactors
 from proxy.config import LedgerSettings
 from proxy.ledger import Ledger, LedgerRecord, figure_columns, open_ledger
 from proxy.recompute import recompute_rows
@@ -142,3 +142,31 @@ async def test_the_report_command_recomputes_the_configured_ledger(tmp_path: Pat
     assert first_day.stdout.strip().endswith(
         "1 row(s) recomputed from their stored inputs: 1 the same, 0 changed"
     )
+
+
+def market_footprint() -> Footprint:
+    measurement = Measurement(41.7, 9.5, 1.3, "measured", "nvml", gpus=2)
+    contracts = MarketContracts(0.75, 12.0, 540.0, "AIB 2024, Netherlands")
+    site = SiteFactors(zone="NL", pue=1.1, wue_l_per_kwh=0.3, contracts=contracts)
+    return compute_footprint(measurement, site, Hardware(gpus=2), TABLE.lookup("NL"))
+
+
+async def test_recompute_checks_the_market_figure_from_its_stored_contracts(
+    ledger: Ledger,
+) -> None:
+    footprint = market_footprint()
+    assert footprint.co2e_market_g is not None
+    await ledger.record(row_for("market", footprint))
+    await ledger.record(
+        replace(row_for("market-moved", footprint), co2e_market_g=footprint.co2e_market_g * 2)
+    )
+    await ledger.record(replace(row_for("market-bare", footprint), market_coverage=None))
+    await ledger.record(row_for("location-only", measured_footprint()))
+    count, changes = recompute_rows(await ledger.request_rows(None, None))
+    assert count == 4
+    by_id = {change.request_id: change for change in changes}
+    assert set(by_id) == {"market-moved", "market-bare"}
+    assert list(by_id["market-moved"].changed) == ["co2e_market_g"]
+    stored, now = by_id["market-moved"].changed["co2e_market_g"]
+    assert stored == pytest.approx(2 * now) and now == pytest.approx(footprint.co2e_market_g)
+    assert "without its contracts" in by_id["market-bare"].reason

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1021,3 +1021,12 @@ def test_metrics_endpoint_counters_equal_the_sum_of_what_callers_were_told(
         if s.name.endswith("_count")
     ]
     assert sum(s.value for s in first_chunk) == 3  # streamed requests only
+
+
+def test_the_client_span_carries_the_market_figure_only_where_there_is_one(rig: Rig) -> None:
+    call = FakeCall(make_upstream("green", "http://127.0.0.1:9/v1"), model="m")
+    run_request(rig.telemetry, call, fp=replace(footprint(41.7), co2e_market_g=0.00123))
+    run_request(rig.telemetry, call, fp=footprint(41.7))
+    spans = [s for s in rig.finished() if s.kind == SpanKind.CLIENT]
+    market = [dict(s.attributes or {}).get("footprint.co2e_market_g") for s in spans]
+    assert market == [0.00123, None]

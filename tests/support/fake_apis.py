@@ -228,7 +228,16 @@ class MessagesApi:
         self._ids = itertools.count(1)
 
     def routes(self) -> list[Route]:
-        return [Route("/v1/messages", self.create, methods=["POST"])]
+        return [
+            Route("/v1/messages", self.create, methods=["POST"]),
+            Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+        ]
+
+    async def count_tokens(self, request: Request) -> Response:
+        body = await request.json()
+        self.log.requests.append(body)
+        self.log.headers.append(dict(request.headers))
+        return JSONResponse({"input_tokens": words_of(body.get("system"), body.get("messages"))})
 
     async def create(self, request: Request) -> Response:
         body = await request.json()

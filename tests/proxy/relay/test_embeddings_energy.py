@@ -54,3 +54,20 @@ def test_embeddings_of_a_model_of_unknown_size_say_unavailable(
     assert row["gpu_energy_j"] == 0.0
     assert row["basis"].startswith("unavailable:")
     assert row["basis"] != "ecologits"
+
+
+def test_an_energy_budget_holds_embeddings_back_before_the_upstream(
+    tmp_path: Path, start_proxy: Any, upstream: ServerThread
+) -> None:
+    admin = {"authorization": "Bearer admin-secret"}
+    proxy = start_proxy(
+        proxy_settings(tmp_path, upstream.url), environ={"FOOTPRINT_ADMIN_KEY": "admin-secret"}
+    )
+    httpx.post(f"{proxy.url}/admin/teams", json={"name": "default"}, headers=admin)
+    budget = {"team": "default", "metric": "energy_j", "limit": 0.001, "period": "day"}
+    assert httpx.put(f"{proxy.url}/admin/budgets", json=budget, headers=admin).is_success
+    refused = httpx.post(
+        f"{proxy.url}/v1/embeddings", json={"model": "echo", "input": ["a b c " * 50]}
+    )
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "footprint_budget_exceeded"

@@ -39,7 +39,8 @@ def test_content_chunks_pass_on_and_count_their_text_in_tokens() -> None:
     tally = chat_tally()
     steps = feed(tally, chunk("Hello"), chunk(" there, how are you doing today?"), chunk("!"))
     assert [s.pass_on for s in steps] == [True, True, True]
-    # 4 characters a token: "Hello" is 1, the long delta (32 characters) is 8, "!" is 1.
+    # One word or punctuation run is one token; the long delta has 8 of them (and 32
+    # characters: 8 by the 4-characters rule too).
     assert [s.new_tokens for s in steps] == [1, 8, 1]
     assert tally.tally.completion_tokens == 10
     assert tally.tally.response_model == "m-2024"
@@ -91,7 +92,8 @@ def test_a_tool_call_delta_counts_its_arguments_and_at_least_one_token() -> None
         tally.feed(event({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}))
         for call in (name_only, arguments)
     ]
-    assert [s.new_tokens for s in steps] == [1, 5]
+    # `{"`, `city`, `":`, `"`, `Seoul`, `,`, `KR`, `"}`: 8 units (21 characters: 5 by the rule)
+    assert [s.new_tokens for s in steps] == [1, 8]
 
 
 def test_comments_pings_and_unparsable_events_pass_through_uncounted() -> None:
@@ -133,3 +135,65 @@ def test_the_record_is_the_upstreams_count_and_the_meter_is_told_no_less(
     told = sum(s.new_tokens for s in steps)
     assert tally.tally.completion_tokens == (reported or by_text)
     assert told == max(by_text, reported)
+
+
+# ---- the Responses and Messages APIs' typed events ----------------------------------------
+
+
+def named(kind: str, **payload: Any) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload})
+
+
+def test_a_responses_stream_counts_text_deltas_and_holds_response_completed() -> None:
+    tally = StreamTally(ENDPOINTS["responses"], Tally())
+    usage = {
+        "input_tokens": 9,
+        "output_tokens": 3,
+        "output_tokens_details": {"reasoning_tokens": 1},
+    }
+    steps = feed(
+        tally,
+        named("response.created", response={"id": "resp_1", "model": "m-2024"}) + b"\n\n",
+        named("response.output_text.delta", delta="Hello") + b"\n\n",
+        named("response.function_call_arguments.delta", delta='{"city": "Seoul"}') + b"\n\n",
+        named(
+            "response.completed", response={"id": "resp_1", "status": "completed", "usage": usage}
+        )
+        + b"\n\n",
+    )
+    assert [s.pass_on for s in steps] == [True, True, True, False]
+    assert [s.new_tokens for s in steps] == [0, 1, 6, 0]  # usage (3) is below what was counted
+    assert tally.tally.response_id == "resp_1" and tally.tally.response_model == "m-2024"
+    assert (tally.tally.prompt_tokens, tally.tally.completion_tokens) == (9, 3)  # upstream's
+    assert tally.tally.usage == usage and tally.tally.finish_reasons == ["completed"]
+    assert not tally.cut_off(b"")
+
+
+def test_a_responses_stream_without_its_final_event_was_cut_off() -> None:
+    tally = StreamTally(ENDPOINTS["responses"], Tally())
+    feed(tally, named("response.output_text.delta", delta="Hello") + b"\n\n")
+    assert tally.cut_off(b"")
+
+
+def test_a_messages_stream_takes_usage_from_message_start_and_message_delta() -> None:
+    tally = StreamTally(ENDPOINTS["messages"], Tally())
+    start = {"id": "msg_1", "model": "m-2024", "usage": {"input_tokens": 12, "output_tokens": 1}}
+    text = {"type": "text_delta", "text": "Hello there, friend"}
+    steps = feed(
+        tally,
+        named("message_start", message=start) + b"\n\n",
+        named("ping") + b"\n\n",
+        named("content_block_delta", index=0, delta=text) + b"\n\n",
+        named("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 9})
+        + b"\n\n",
+        named("message_stop") + b"\n\n",
+        b"data: [DONE]\n\n",
+    )
+    assert [s.pass_on for s in steps] == [True, True, True, False, False, False]
+    # 1 from message_start's usage, 5 by text (4 units, 19 characters), 3 more from
+    # message_delta's.
+    assert [s.new_tokens for s in steps] == [1, 0, 5, 3, 0, 0]
+    assert (tally.tally.prompt_tokens, tally.tally.completion_tokens) == (12, 9)
+    assert tally.tally.finish_reasons == ["end_turn"]
+    assert [h.payload["type"] for h in tally.held] == ["message_delta", "message_stop"]
+    assert tally.done and not tally.cut_off(b"")

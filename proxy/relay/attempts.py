@@ -10,6 +10,7 @@ A stream is never retried once its answer has begun: by then the response is the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -81,6 +82,9 @@ class Attempts:
             self._started = time.perf_counter()
             try:
                 response = await send(upstream, request)
+            except asyncio.CancelledError:
+                upstream.health.breaker.abandoned()
+                raise
             except ProxyError as error:
                 upstream.health.breaker.failed()
                 following = self._next()

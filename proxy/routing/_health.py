@@ -59,6 +59,11 @@ class CircuitBreaker:
         if self._opened_at is not None and self.state == "half-open":
             self._trial = True
 
+    def abandoned(self) -> None:
+        """The attempt ended with no outcome (the client went away): a half-open circuit may
+        try again."""
+        self._trial = False
+
     def succeeded(self) -> None:
         self._failures = 0
         self._opened_at = None

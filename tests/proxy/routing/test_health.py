@@ -46,6 +46,17 @@ def test_open_half_opens_after_open_s_and_lets_one_trial_through() -> None:
     assert breaker.state == "closed" and breaker.available() and breaker.failures == 0
 
 
+def test_an_abandoned_trial_lets_the_next_one_through() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, open_s=1.0, clock=clock)
+    breaker.failed()
+    clock.now += 1.0
+    breaker.attempt()
+    assert not breaker.available()
+    breaker.abandoned()
+    assert breaker.state == "half-open" and breaker.available()
+
+
 def test_full_follows_max_concurrency_and_zero_is_no_limit() -> None:
     health = UpstreamHealth(max_concurrency=2)
     health.in_flight = 1

@@ -356,7 +356,8 @@ class RoutingSettings(_Section):
     # Circuit breaker: this many failures in a row open it; it half-opens after open_s.
     failure_threshold: Annotated[int, Field(ge=1)] = 3
     open_s: Annotated[float, Field(gt=0)] = 10.0
-    # Active health checks: GET base_url + health_path every health_interval_s; 0: off.
+    # Active health checks: GET base_url + health_path every health_interval_s; 0: off (and
+    # off with a single upstream).
     health_interval_s: Annotated[float, Field(ge=0)] = 10.0
     health_path: str = "/models"
     health_timeout_s: Annotated[float, Field(gt=0)] = 2.0

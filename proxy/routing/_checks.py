@@ -47,10 +47,11 @@ class HealthChecks:
         return ok
 
     async def run(self) -> None:
-        """Check every upstream each interval until cancelled; off when the interval is 0."""
+        """Check every upstream each interval until cancelled; off when the interval is 0 or
+        there is only one upstream."""
         interval_s = self.settings.health_interval_s
-        if interval_s <= 0 or not self.upstreams:
-            return
+        if interval_s <= 0 or len(self.upstreams) < 2:
+            return  # with one upstream there is nothing to route around
         while True:
             await asyncio.gather(*(self.check(u) for u in self.upstreams))
             await asyncio.sleep(interval_s)

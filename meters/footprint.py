@@ -130,6 +130,7 @@ def compute_footprint(
         ewif_l_per_kwh=intensity.ewif_l_per_kwh,
         co2e_market_g=central.co2e_market_g,
         contracts=site.contracts,
+        attribution=measurement.attribution if measurement.method == "measured" else "",
     )
 
 

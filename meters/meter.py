@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -16,9 +17,11 @@ from typing import Protocol
 
 import httpx
 
+from meters.accounts import AccountBook, Bucket
 from meters.attribution import DEFAULT_ALPHA, Attributor
 from meters.sampler import DEFAULT_TICK_S, Sampler
 from meters.sources.base import EnergySource, GpuReading
+from meters.sources.engine import EngineActivitySource
 from meters.types import Hardware, Measurement, MeterError, RequestMeter, RequestTrack
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,12 @@ Observe = Callable[[str, int, int, float], None]
 # Non-GPU server power while serving: 1.2 kW per 8-GPU server (EcoLogits, from BoaviztAPI for
 # AWS p5.48xlarge), i.e. 150 W per GPU (methodology §4).
 SERVER_POWER_W_PER_GPU = 150.0
+
+# A counter slower than the tick (DCGM's exporter steps about once a second) settles a request
+# only when it next steps; close() waits for that, up to this long, then estimates.
+SETTLE_TIMEOUT_S = 3.0
+# The engine's /metrics is read on the sampler thread beside the energy: keep a read short.
+ACTIVITY_TIMEOUT_S = 0.5
 
 
 class TelemetryMeter(RequestMeter, Protocol):
@@ -110,6 +119,11 @@ class MeasuredMeter:
         alpha: float = DEFAULT_ALPHA,
         server_power_w_per_gpu: float = SERVER_POWER_W_PER_GPU,
         clock: Callable[[], float] = time.monotonic,
+        activity: EngineActivitySource | None = None,
+        activity_required: bool = False,
+        meter_key: str = "",
+        on_local: Callable[[str], None] | None = None,
+        settle_timeout_s: float = SETTLE_TIMEOUT_S,
     ) -> None:
         self.source = source
         self.hardware = hardware
@@ -117,7 +131,19 @@ class MeasuredMeter:
         self._observe = observe
         self._clock = clock
         self._server_power_w = server_power_w_per_gpu * gpu_count
-        self._sampler = Sampler(source, Attributor(alpha), tick_s=tick_s, clock=clock)
+        self.server_power_w = self._server_power_w
+        self.meter_key = meter_key or source.name
+        self._settle_timeout_s = settle_timeout_s
+        self._sampler = Sampler(
+            source,
+            Attributor(alpha),
+            tick_s=tick_s,
+            clock=clock,
+            activity=activity,
+            activity_required=activity_required,
+            accounts=AccountBook(),
+            on_local=on_local,
+        )
 
     def open(self, request_id: str, model: str) -> RequestTrack:
         """Register a request in flight from now; returns its track."""
@@ -149,8 +175,26 @@ class MeasuredMeter:
 
     @property
     def measured_energy_j(self) -> float:
-        """Cumulative GPU energy over every closed tick (J): Σ requests + idle."""
+        """Cumulative GPU energy over every closed tick (J): Σ requests + other + idle."""
         return self._sampler.measured_energy_j
+
+    @property
+    def other_energy_j(self) -> float:
+        """Cumulative engine work no request of this replica accounts for (J)."""
+        return self._sampler.other_energy_j
+
+    @property
+    def attribution(self) -> str:
+        """`engine` while the model server's counters answer, else `local`."""
+        return "engine" if self._sampler.engine_attribution else "local"
+
+    def take_accounts(self, now_wall_s: float | None = None) -> list[Bucket]:
+        """Closed wall-clock buckets of measured, idle and other energy (all with None)."""
+        return self._sampler.accounts.take(now_wall_s)
+
+    def give_back_accounts(self, buckets: list[Bucket]) -> None:
+        """Return buckets the ledger could not take; they go out with the next ones."""
+        self._sampler.accounts.give_back(buckets)
 
     def gpu_readings(self) -> list[GpuReading]:
         """Each GPU's last known cumulative energy and power draw."""
@@ -193,10 +237,13 @@ class _MeasuredTrack:
         """Close the request's last tick now and return its share; the estimate if the
         source failed while it was in flight. Never raises for a source failure."""
         end_s = self._meter._clock()
-        self._sampler.request_ended(self._request_id, end_s)
+        self._sampler.request_ended(
+            self._request_id, end_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens
+        )
         failed: str | None = None
         try:
             await self._sampler.read_early()
+            await self._wait_for_step()
         except MeterError as exc:
             failed = str(exc)
         finally:
@@ -215,6 +262,9 @@ class _MeasuredTrack:
             method="measured",
             basis=self._meter.source.name,
             duration_s=totals.duration_s,
+            attribution="local"
+            if totals.local_ticks or self._sampler.activity is None
+            else "engine",
         )
         if self._meter._observe is not None and not cancelled:
             try:
@@ -223,6 +273,15 @@ class _MeasuredTrack:
                 # Calibration is a side line: a bug there must not lose the measured figure.
                 logger.exception("request %s: calibration observer failed", self._request_id)
         return measurement
+
+    async def _wait_for_step(self) -> None:
+        """While the counter has not stepped since the request ended, read again each tick."""
+        sampler = self._sampler
+        tries = int(self._meter._settle_timeout_s / sampler.tick_s)
+        while tries > 0 and sampler.deferred and not sampler.settled(self._request_id):
+            tries -= 1
+            await asyncio.sleep(sampler.tick_s)
+            await sampler.read_early()
 
 
 def build_meter(
@@ -239,12 +298,20 @@ def build_meter(
     nvml: ModuleType | None = None,
     transport: httpx.BaseTransport | None = None,
     clock: Callable[[], float] = time.monotonic,
+    activity: str = "auto",
+    activity_url: str = "",
+    on_local: Callable[[str], None] | None = None,
 ) -> TelemetryMeter:
     """The meter for an upstream's `meter.kind`: "nvml", "prometheus" or "estimate".
 
-    Nothing blocking happens here: NVML initialises and the first scrape runs on the sampler's
-    thread after `start()`.
+    `activity` ("engine", "local" or "auto") and `activity_url` choose the denominator of the
+    split (methodology §2b): the model server's own token counters at `activity_url`, or the
+    requests this replica saw. `on_local` is told once when a measured meter settles on the
+    local rule. Nothing blocking happens here: NVML initialises and the first scrape runs on
+    the sampler's thread after `start()`.
     """
+    if activity not in ("engine", "local", "auto"):
+        raise ValueError(f"unknown activity {activity!r} (engine, local or auto)")
     if kind == "estimate":
         return EstimatedMeter(fallback, hardware=hardware)
     source: EnergySource
@@ -262,6 +329,13 @@ def build_meter(
         )
     else:
         raise ValueError(f"unknown meter kind {kind!r} (nvml, prometheus or estimate)")
+    engine: EngineActivitySource | None = None
+    if activity != "local" and activity_url:
+        engine = EngineActivitySource(
+            activity_url, transport=transport, clock=clock, timeout_s=ACTIVITY_TIMEOUT_S
+        )
+    gpu_list = ",".join(str(g) for g in gpus)
+    where = url if kind == "prometheus" else socket.gethostname()
     return MeasuredMeter(
         source,
         fallback=fallback,
@@ -272,4 +346,8 @@ def build_meter(
         alpha=alpha,
         server_power_w_per_gpu=server_power_w_per_gpu,
         clock=clock,
+        activity=engine,
+        activity_required=activity == "engine",
+        meter_key=f"{kind}:{where}:{gpu_list}",
+        on_local=on_local,
     )

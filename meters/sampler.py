@@ -16,14 +16,19 @@ import threading
 import time
 from collections.abc import Callable
 
+from meters.accounts import AccountBook
 from meters.attribution import Attributor, RequestEnergy
 from meters.outage_log import OutageLog
 from meters.sources.base import EnergySample, EnergySource
+from meters.sources.engine import ActivitySample, EngineActivitySource, NoEngineCounters
 from meters.types import MeterError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 0.1  # the GPU counter moves about every 100 ms; shorter buys nothing (§1)
+# After a failed read of the engine's counters, the ticks of this long are split locally
+# before it is tried again: a server that does not answer must not slow the energy reads.
+ACTIVITY_RETRY_S = 2.0
 
 # Requests waiting for an early read: the event loop each awaits on, and its future.
 _Waiters = list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
@@ -39,6 +44,11 @@ class Sampler:
         *,
         tick_s: float = DEFAULT_TICK_S,
         clock: Callable[[], float] = time.monotonic,
+        activity: EngineActivitySource | None = None,
+        activity_required: bool = False,
+        accounts: AccountBook | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        on_local: Callable[[str], None] | None = None,
     ) -> None:
         if tick_s <= 0.0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
@@ -62,6 +72,20 @@ class Sampler:
         self.reads_total = 0
         self.early_reads_total = 0  # reads the thread took for waiting requests
         self.early_waiters_total = 0  # requests those reads served
+        # The engine's own counters, read on the same tick as the energy (methodology §2b).
+        self.activity = activity
+        self._activity_required = activity_required  # `engine`: say so loudly when absent
+        self.activity_healthy = False
+        self.activity_error: str | None = None
+        self.activity_failures_total = 0
+        self.accounts = accounts if accounts is not None else AccountBook()
+        self._wall_clock = wall_clock
+        self._booked = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        self._activity_seen = False  # the engine's counters answered at least once
+        self._activity_retry_at_s = float("-inf")
+        self._on_local = on_local  # told once when the upstream settles on the local rule
+        if activity is None and on_local is not None:
+            on_local("no engine activity source")
         # A source failing on every tick is logged once a minute, not ten times a second.
         self._outage_log = OutageLog(logger, f"energy source {source.name}", clock=clock)
 
@@ -115,11 +139,74 @@ class Sampler:
             except MeterError as exc:
                 self._record_failure(str(exc))
                 raise
+            activity = self._read_activity()
             with self._lock:
-                self._attributor.sample(sample.time_s, sample.total_energy_j)
+                self._attributor.sample(
+                    sample.time_s, sample.total_energy_j, activity, moved=sample.moved
+                )
                 self._previous_sample, self._last_sample = self._last_sample, sample
                 self.consecutive_failures = 0
                 self.reads_total += 1
+                self._book_accounts()
+
+    def _read_activity(self) -> ActivitySample | None:
+        """The engine's counters now, or None (then this tick is split by the local rule).
+
+        A lost endpoint never fails a request: the upstream's figures say `local` until it
+        answers again, and the change is logged once each way.
+        """
+        source = self.activity
+        if source is None:
+            return None
+        now_s = self._clock()
+        if now_s < self._activity_retry_at_s:
+            return None  # it failed a moment ago: do not hold the energy reads up retrying
+        try:
+            activity = source.read()
+        except MeterError as exc:
+            self._activity_retry_at_s = now_s + ACTIVITY_RETRY_S
+            if not self._activity_seen and not self._activity_required:
+                if isinstance(exc, NoEngineCounters) or "HTTP 404" in str(exc):
+                    # `auto`, and the server publishes no counters: the local rule, for good.
+                    logger.info("%s; attribution is local for this upstream", exc)
+                    self.activity = None
+                    if self._on_local is not None:
+                        self._on_local(str(exc))
+                    return None
+                logger.debug("engine metrics not answering yet: %s", exc)
+                self.activity_error = str(exc)
+                return None
+            self._activity_lost(str(exc))
+            return None
+        self._activity_seen = True
+        if not self.activity_healthy:
+            if self.activity_error is not None:
+                logger.warning("engine metrics %s answer again: attribution engine", source.url)
+            self.activity_healthy, self.activity_error = True, None
+        return activity
+
+    def _activity_lost(self, message: str) -> None:
+        self.activity_failures_total += 1
+        if self.activity_healthy or self.activity_error is None:
+            logger.warning("%s: attribution falls back to local until it answers", message)
+        self.activity_healthy, self.activity_error = False, message
+        return None
+
+    def _book_accounts(self) -> None:
+        """Book what the last tick added to idle, other and measured into its time bucket."""
+        a = self._attributor
+        now = (
+            a.measured_energy_j,
+            a.measured_s,
+            a.idle_energy_j,
+            a.idle_s,
+            a.other_energy_j,
+            a.other_s,
+        )
+        deltas = [x - y for x, y in zip(now, self._booked, strict=True)]
+        if any(deltas):
+            self.accounts.book(self._wall_clock(), *deltas)
+        self._booked = now
 
     async def read_early(self) -> None:
         """Have the source read and the tick closed now, without waiting for the next tick.
@@ -229,6 +316,17 @@ class Sampler:
             return self._attributor.idle_energy_j
 
     @property
+    def other_energy_j(self) -> float:
+        """Engine work no request of this replica accounts for (engine attribution only)."""
+        with self._lock:
+            return self._attributor.other_energy_j
+
+    @property
+    def engine_attribution(self) -> bool:
+        """Whether the last tick was split by the engine's counters."""
+        return self.activity is not None and self.activity_healthy
+
+    @property
     def measured_energy_j(self) -> float:
         """Σ energy over every tick closed so far (since the first reading)."""
         with self._lock:
@@ -243,18 +341,36 @@ class Sampler:
 
     def first_token(self, request_id: str, prompt_tokens: int) -> None:
         """The request's first output token arrived."""
+        now_s = self._clock()  # the relay's lag behind the engine is judged by it
         with self._lock:
-            self._attributor.first_token(request_id, prompt_tokens)
+            self._attributor.first_token(request_id, prompt_tokens, now_s)
 
     def output_tokens(self, request_id: str, count: int) -> None:
         """More output tokens of the request arrived."""
+        now_s = self._clock()
         with self._lock:
-            self._attributor.output_tokens(request_id, count)
+            self._attributor.output_tokens(request_id, count, now_s)
 
-    def request_ended(self, request_id: str, time_s: float) -> None:
-        """The request ended at `time_s`."""
+    def request_ended(
+        self, request_id: str, time_s: float, *, prompt_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
+        """The request ended at `time_s` with these totals."""
         with self._lock:
-            self._attributor.end(request_id, time_s)
+            self._attributor.end(
+                request_id, time_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens
+            )
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the last read closed no tick (a counter slower than the tick, a prefill)."""
+        with self._lock:
+            return self._attributor.deferred
+
+    def settled(self, request_id: str) -> bool:
+        """Whether a closed tick covers the request's end."""
+        with self._lock:
+            totals = self._attributor.totals(request_id)
+            return totals is not None and totals.settled
 
     def pop(self, request_id: str) -> RequestEnergy | None:
         """Remove the request and return its totals (check `settled`)."""

@@ -96,6 +96,9 @@ class Measurement:
     duration_s: float = 0.0
     gpus: int | None = None
     bounds: tuple[Measurement, Measurement] | None = None
+    # How a measured figure was split (methodology §2b): "engine" (the model server's own
+    # token counters) or "local" (the requests this replica saw); "" when estimated.
+    attribution: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,7 @@ class Footprint:
     # upstream has no contract data (no market-based figure, not a copy of the location one).
     co2e_market_g: float | None = None
     contracts: MarketContracts | None = None
+    attribution: str = ""  # "engine" | "local" for a measured figure (methodology §2b)
 
 
 class RequestTrack(Protocol):

@@ -414,6 +414,9 @@ def _report(client: httpx.Client, args: argparse.Namespace) -> int:
     print(f"\n{len(report['data'])} row(s), {window}, idle energy: {report['idle_policy']}")
     for idle in report.get("idle", []):
         print(f"idle (not in rows above): {idle['upstream']}: {_num(idle['energy_j'])} J")
+    if report.get("accounts"):
+        print("\nGPU energy per upstream and day: requests + idle + other traffic = measured")
+        print(render_table([_account_row(a) for a in report["accounts"]], ACCOUNT_COLUMNS))
     for line in carbon_totals(report["totals"]):
         print(line)
     avoided_g = float(report["totals"].get("co2e_avoided_g") or 0.0)
@@ -444,6 +447,27 @@ def carbon_totals(totals: Mapping[str, Any]) -> list[str]:
         )
     lines.append(f"embodied carbon, in both: {_num(float(totals['embodied_co2e_g']))} g")
     return lines
+
+
+ACCOUNT_COLUMNS = [
+    "upstream",
+    "day",
+    "requests_gpu_energy_j",
+    "idle_gpu_energy_j",
+    "other_gpu_energy_j",
+    "measured_gpu_energy_j",
+    "through_footprint",
+]
+
+
+def _account_row(account: dict[str, Any]) -> dict[str, Any]:
+    """One account line; `through_footprint` is the share of the GPUs' working energy that
+    Footprint's requests carry (the rest is other traffic: bypass, or replicas elsewhere)."""
+    share = account.get("passed_share")
+    return {
+        **account,
+        "through_footprint": "-" if share is None else f"{share * 100:.1f}%",
+    }
 
 
 def _num(value: Any) -> str:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
@@ -87,6 +88,20 @@ def build_upstream(
             model, hardware.accelerator, prompt_tokens, output_tokens, gpu_energy_j
         )
 
+    shared = bool(settings.budgets.redis_url)
+
+    def on_local(reason: str) -> None:
+        if shared:
+            # Several replicas (a shared budget store) and each splits the GPU over only the
+            # requests it sees: every replica bills its requests for its neighbours' work.
+            log.warning(
+                "upstream %s: attribution is local on a measured meter (%s) while "
+                "budgets.redis_url is set: with several replicas on one GPU its figures "
+                "over-count; serve vLLM's /metrics or set [upstreams.meter] activity_url",
+                upstream.name,
+                reason,
+            )
+
     meter = build_meter(
         upstream.meter.kind,
         hardware=hardware,
@@ -99,6 +114,9 @@ def build_upstream(
         observe=observe,
         nvml=nvml,
         transport=meter_transport,
+        activity=upstream.meter.activity,
+        activity_url=activity_url(upstream),
+        on_local=on_local,
     )
     routing = settings.routing
     return Upstream(
@@ -118,6 +136,17 @@ def build_upstream(
             CircuitBreaker(routing.failure_threshold, routing.open_s), upstream.max_concurrency
         ),
     )
+
+
+def activity_url(upstream: UpstreamSettings) -> str:
+    """Where the model server's engine counters are: `meter.activity_url`, else the origin of
+    `base_url` + /metrics (vLLM serves them there); "" with `activity = "local"`."""
+    if upstream.meter.activity == "local":
+        return ""
+    if upstream.meter.activity_url:
+        return upstream.meter.activity_url
+    parts = urlsplit(upstream.base_url)
+    return f"{parts.scheme}://{parts.netloc}/metrics"
 
 
 def build_intensity(

@@ -162,11 +162,17 @@ class MeterSettings(_Section):
     kind: Literal["nvml", "prometheus", "estimate"] = "estimate"
     gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0])
     url: str = ""
+    # The split's denominator (methodology §2b): the model server's own token counters
+    # (engine), the requests this replica saw (local), or engine where the server has them.
+    activity: Literal["engine", "local", "auto"] = "auto"
+    # The model server's Prometheus endpoint; "" = the upstream's origin + /metrics.
+    activity_url: str = ""
 
     @model_validator(mode="after")
     def _url_for_prometheus(self) -> MeterSettings:
         if self.kind == "prometheus":
             _check_http_url(self.url)
+        _check_http_url(self.activity_url, allow_empty=True)
         return self
 
 

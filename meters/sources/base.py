@@ -13,12 +13,14 @@ class EnergySample:
     `time_s` is on the monotonic clock the source was given (the meter's clock), taken when the
     counters were read. `energy_j` is cumulative joules per GPU id and never goes backwards
     (sources absorb counter resets). `power_w` holds the power draw per GPU where the source
-    knows it.
+    knows it. `moved` is False when no GPU's counter changed since the previous reading (a
+    counter that steps more slowly than the tick, as DCGM's exporter does).
     """
 
     time_s: float
     energy_j: dict[str, float]
     power_w: dict[str, float] = field(default_factory=dict)
+    moved: bool = True
 
     @property
     def total_energy_j(self) -> float:

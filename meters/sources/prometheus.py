@@ -88,8 +88,9 @@ class PrometheusSource:
         missing = [g for g in gpu_ids if g not in scraped.energy_j]
         if missing:
             raise MeterError(f"prometheus: {self.url} has no energy for GPU(s) {missing}")
+        moved = False
         for gpu_id in gpu_ids:
-            self._update(
+            moved |= self._update(
                 gpu_id,
                 scraped.energy_j[gpu_id],
                 scraped.power_w.get(gpu_id),
@@ -100,6 +101,7 @@ class PrometheusSource:
             time_s=now_s,
             energy_j={g: self._gpus[g].energy_j for g in gpu_ids},
             power_w={g: p for g in gpu_ids if (p := self._gpus[g].power_w) is not None},
+            moved=moved,
         )
 
     def close(self) -> None:
@@ -158,12 +160,15 @@ class PrometheusSource:
         power_w: float | None,
         timestamp: float | None,
         now_s: float,
-    ) -> None:
+    ) -> bool:
+        """Absorb one GPU's value; whether its counter changed since the last scrape."""
         gpu = self._gpus.setdefault(gpu_id, _GpuState())
+        changed = True
         if gpu.raw_j is None:
             gpu.energy_j = raw_j
         else:
-            moved = raw_j != gpu.raw_j or timestamp != gpu.last_timestamp
+            changed = raw_j != gpu.raw_j
+            moved = changed or timestamp != gpu.last_timestamp
             if moved:
                 gpu.unchanged_since_s = None
             elif gpu.unchanged_since_s is None:
@@ -194,6 +199,7 @@ class PrometheusSource:
         gpu.power_w = power_w if power_w is not None else gpu.power_w
         gpu.last_time_s = now_s
         gpu.last_timestamp = timestamp
+        return changed
 
 
 def _timestamp(value: SupportsFloat | None) -> float | None:

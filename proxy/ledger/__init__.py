@@ -4,6 +4,7 @@ Only this package speaks SQL. `open_ledger(settings.ledger)` gives a `Ledger`; i
 holds teams, keys and budgets in the same database.
 """
 
+from proxy.ledger._accounts import ACCOUNT_FIELDS, AccountRow
 from proxy.ledger._engine import LedgerConfigError
 from proxy.ledger._health import LedgerUnreachable, check_reachable, unavailable
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
@@ -22,6 +23,7 @@ from proxy.ledger._usage import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, usage_tot
 from proxy.ledger._writer import LedgerWriteError
 
 __all__ = [
+    "ACCOUNT_FIELDS",
     "BUCKETS",
     "GROUP_KEYS",
     "MARKET_FIELDS",
@@ -30,6 +32,7 @@ __all__ = [
     "PERIODS",
     "SERIES_KEYS",
     "SUM_FIELDS",
+    "AccountRow",
     "AlreadyExists",
     "Endpoint",
     "IdlePolicy",

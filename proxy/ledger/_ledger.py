@@ -12,10 +12,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.config import LedgerSettings
+from proxy.ledger._accounts import AccountRow, read_balance, upsert
 from proxy.ledger._engine import build_engine, migrate, sqlite_target
 from proxy.ledger._health import SQLiteFile, check_sqlite_start, write_marker
 from proxy.ledger._records import LedgerRecord, as_utc, row_to_json
-from proxy.ledger._schema import idle, requests
+from proxy.ledger._schema import accounts, idle, requests
 from proxy.ledger._series import SeriesQueries
 from proxy.ledger._sqlite_writer import SQLiteBatchWriter
 from proxy.ledger._store import Store
@@ -148,6 +149,24 @@ class Ledger(Store, SeriesQueries):
         async with self._engine.begin() as conn:
             await conn.execute(insert(idle).values(**values))
 
+    async def record_accounts(self, rows: Sequence[AccountRow]) -> None:
+        """Store meter buckets idempotently: a key already held keeps the fuller reading, so
+        every replica of a cluster may write the same bucket (methodology §2b)."""
+        if not rows:
+            return
+        statement = upsert(self.backend)
+        async with self._engine.begin() as conn:
+            for row in rows:
+                await conn.execute(statement, [row.to_row()])
+
+    async def accounts(
+        self, start: datetime | None = None, end: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Per upstream and day: measured = Σ requests + idle + other, and the share of the
+        GPUs' working energy that passed through Footprint."""
+        async with self._engine.connect() as conn:
+            return await read_balance(conn, start, end)
+
     # -- reading ----------------------------------------------------------------------------
 
     async def has_request(self, request_id: str) -> bool:
@@ -261,12 +280,31 @@ class Ledger(Store, SeriesQueries):
         if end is not None:
             query = query.where(idle.c.start_at < as_utc(end))
         rows = (await conn.execute(query)).all()
-        return [
+        intervals = [
             IdleInterval(
                 r.upstream, r.start_at, r.end_at, r.gpu_energy_j, r.energy_j, r.co2e_g, r.water_ml
             )
             for r in rows
         ]
+        # Idle from the meter accounts (one row per meter and bucket, however many replicas).
+        shared = select(accounts).where(accounts.c.idle_gpu_energy_j > 0)
+        if start is not None:
+            shared = shared.where(accounts.c.bucket_end > as_utc(start))
+        if end is not None:
+            shared = shared.where(accounts.c.bucket_start < as_utc(end))
+        for r in (await conn.execute(shared)).all():
+            intervals.append(
+                IdleInterval(
+                    r.upstream,
+                    r.bucket_start,
+                    r.bucket_end,
+                    r.idle_gpu_energy_j,
+                    r.idle_energy_j,
+                    r.idle_co2e_g,
+                    r.idle_water_ml,
+                )
+            )
+        return intervals
 
     async def trace(self, trace_id: str, team: str | None) -> dict[str, Any] | None:
         """Summed footprint of every request in one distributed trace (of `team`, if given)."""

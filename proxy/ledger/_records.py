@@ -69,6 +69,8 @@ class LedgerRecord:
     market_gco2e_per_kwh: float | None = None
     residual_gco2e_per_kwh: float | None = None
     residual_source: str | None = None
+    # How a measured figure was split: "engine" or "local" (methodology §2b); None otherwise.
+    attribution: str | None = None
     # Revision 0006 (issue 15): the routing decision (JSON: policy, upstream, candidates, attempts,
     # reason, expected and worst gCO2e, the priority choice) where a policy chose among
     # several upstreams, and the carbon it avoided against the priority choice.
@@ -119,6 +121,8 @@ def figure_columns(footprint: Footprint) -> dict[str, Any]:
         "gpus": footprint.gpus,
         "wue_l_per_kwh": footprint.wue_l_per_kwh,
         "ewif_l_per_kwh": footprint.ewif_l_per_kwh,
+        # "engine" | "local": how a measured figure was split (methodology §2b)
+        "attribution": footprint.attribution or None,
         **_market_columns(footprint),
     }
 

@@ -77,6 +77,8 @@ requests = Table(
     Column("market_gco2e_per_kwh", Float),
     Column("residual_gco2e_per_kwh", Float),
     Column("residual_source", String(200)),
+    # "engine" | "local": how a measured figure was split (methodology §2b); null otherwise.
+    Column("attribution", String(8)),
     # Revision 0006 (issue 15): the routing decision as JSON, and the carbon it avoided against
     # the priority choice (NULL where no policy chose among several upstreams).
     Column("route", Text),
@@ -100,6 +102,33 @@ idle = Table(
     Column("water_ml", Float, nullable=False),
 )
 Index("ix_idle_energy_start_at", idle.c.start_at)
+
+# What one GPU meter measured per wall-clock bucket: the energy, its idle part (with the same
+# boundary as a request's: server share, PUE, carbon with embodied, water) and the engine work
+# the writing replica saw no request for. Keyed by (meter, bucket): every replica in front of
+# the same GPUs writes the same key, the fullest reading is kept, so each joule counts once in
+# the cluster (methodology §2b). Requests' energy comes from `requests`; other traffic for the
+# cluster is measured − idle − Σ requests.
+accounts = Table(
+    "meter_accounts",
+    metadata,
+    Column("meter", String(300), primary_key=True),
+    Column("bucket_start", DateTime(timezone=True), primary_key=True),
+    Column("bucket_end", DateTime(timezone=True), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("upstream", String(100), nullable=False),
+    Column("measured_gpu_energy_j", Float, nullable=False),
+    Column("measured_s", Float, nullable=False),
+    Column("idle_gpu_energy_j", Float, nullable=False),
+    Column("idle_s", Float, nullable=False),
+    Column("idle_energy_j", Float, nullable=False),
+    Column("idle_co2e_g", Float, nullable=False),
+    Column("idle_embodied_co2e_g", Float, nullable=False),
+    Column("idle_water_ml", Float, nullable=False),
+    Column("other_gpu_energy_j", Float, nullable=False),
+    Column("replica", String(200), nullable=False),
+)
+Index("ix_meter_accounts_upstream_day", accounts.c.upstream, accounts.c.day)
 
 teams = Table(
     "teams",

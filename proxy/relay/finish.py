@@ -240,6 +240,8 @@ def footprint_object(call: Call, footprint: Footprint) -> dict[str, object]:
     tally = call.tally
     obj = footprint_json(footprint, call.request_id, tally.prompt_tokens, tally.completion_tokens)
     obj["basis"] = footprint.basis
+    if footprint.attribution:
+        obj["attribution"] = footprint.attribution
     if tally.tokens_counted:
         obj["tokens_counted"] = True
     if tally.cancelled:

@@ -151,6 +151,8 @@ async def get_usage(request: Request) -> Response:
     totals = usage_totals(rows)  # over every row of the period, `limit` or not
     truncated = len(rows) > limit
     rows = rows[:limit]
+    # The GPUs' own account per upstream and day (admin only: it covers every team's work).
+    accounts = await request.app.state.ledger.accounts(start, end) if principal.admin else []
     if fmt == "csv":
         return Response(
             usage_csv(rows, group_by, market=True),
@@ -172,6 +174,8 @@ async def get_usage(request: Request) -> Response:
             "totals": totals,
             # Idle energy per upstream not carried by any team row (admin only).
             "idle": idle if principal.admin else [],
+            # Per upstream and day: measured = requests + idle + other (methodology §2b).
+            "accounts": accounts,
         }
     )
 

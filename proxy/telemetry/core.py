@@ -212,6 +212,15 @@ class Telemetry:
             description="GPU energy measured while no request was in flight, per upstream",
         )
         meter.create_observable_counter(
+            "footprint.other_energy",
+            callbacks=[self._observe_other_energy],
+            unit="J",
+            description=(
+                "Engine work no request of this replica accounts for (other replicas, traffic "
+                "that bypasses Footprint), per upstream"
+            ),
+        )
+        meter.create_observable_counter(
             "hw.energy",
             callbacks=[self._observe_gpu_energy],
             unit="J",
@@ -468,14 +477,21 @@ class Telemetry:
     # ---- observable instruments ------------------------------------------------------------
 
     def _observe_idle_energy(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._observe_account("idle_energy_j")
+
+    def _observe_other_energy(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._observe_account("other_energy_j")
+
+    def _observe_account(self, name: str) -> Iterable[Observation]:
+        """One running account of every upstream's meter that keeps it (J)."""
         for upstream in self._upstreams:
-            idle = getattr(upstream.meter, "idle_energy_j", None)
-            if idle is None:
+            account = getattr(upstream.meter, name, None)
+            if account is None:
                 continue
             try:
-                value = idle() if callable(idle) else idle
+                value = account() if callable(account) else account
             except Exception as exc:  # a meter's failure must not break a scrape
-                log.warning("upstream %s: idle energy unreadable: %s", upstream.name, exc)
+                log.warning("upstream %s: %s unreadable: %s", upstream.name, name, exc)
                 continue
             if value is not None:
                 yield Observation(float(value), {n.UPSTREAM: upstream.name})

@@ -346,13 +346,13 @@ async def test_telemetry_readings_per_gpu() -> None:
     assert set(readings) == {"0", "1"}
     assert readings["0"].energy_j == pytest.approx(140.0, abs=0.01)
     assert readings["1"].power_w == pytest.approx(70.0, abs=0.01)
-    # No tick closed between the baseline and the request's end (the tick is an hour here),
-    # so the request alone on the GPUs carries that whole tick, both GPUs: attribution is no
-    # finer than its ticks.
-    assert meter.idle_energy_j == 0.0
-    assert measurement.gpu_energy_j == pytest.approx(280.0, abs=0.01)
-    assert measurement.hardware_s == pytest.approx(2.0)
-    assert measurement.server_energy_j == pytest.approx(2 * 150.0 * 2.0)
+    # One tick spans the baseline to the request's end (the tick is an hour here). It is split
+    # at the arrival on the quiet GPUs: the second before it is idle (by time: no idle power
+    # was measured yet), the second after is the request's, both GPUs.
+    assert meter.idle_energy_j == pytest.approx(140.0, abs=0.01)
+    assert measurement.gpu_energy_j == pytest.approx(140.0, abs=0.01)
+    assert measurement.hardware_s == pytest.approx(1.0)
+    assert measurement.server_energy_j == pytest.approx(2 * 150.0 * 1.0)
     await meter.aclose()
 
 

@@ -47,6 +47,7 @@ class Exporter:
     status: int = 200
     delay_s: float = 0.0
     scrapes: int = 0
+    generation: int = 0  # for tests that serve an engine's token counter
     server: ThreadingHTTPServer = field(init=False)
 
     @property

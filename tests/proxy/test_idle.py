@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.meters.fake_pynvml import FakeNvml
 from tests.proxy.conftest import proxy_settings
@@ -44,10 +45,14 @@ def test_idle_energy_is_written_to_the_ledger_at_shutdown(
         time.sleep(0.3)
         idle_j = app.state.services.router.upstreams[0].meter.idle_energy_j
     with sqlite3.connect(tmp_path / "ledger.db") as db:
-        gpu_j, energy_j, co2e_g = db.execute(
-            "select sum(gpu_energy_j), sum(energy_j), sum(co2e_g) from idle_energy "
-            "where upstream = 'gpu'"
+        gpu_j, idle_s, energy_j, co2e_g, embodied_g, water_ml = db.execute(
+            "select sum(idle_gpu_energy_j), sum(idle_s), sum(idle_energy_j), sum(idle_co2e_g),"
+            " sum(idle_embodied_co2e_g), sum(idle_water_ml) from meter_accounts"
+            " where upstream = 'gpu'"
         ).fetchone()
     assert idle_j > 20.0  # at least 0.4 s of 60 W
     assert gpu_j >= idle_j * 0.999  # the shutdown flush wrote the whole account
-    assert energy_j > gpu_j and co2e_g > 0  # facility energy (PUE) and its carbon
+    # The boundary of a request's figure (issue 13): the non-GPU server share (150 W per GPU)
+    # over the idle time, times PUE 1.2; carbon with embodied carbon; water.
+    assert energy_j == pytest.approx(1.2 * (gpu_j + 150.0 * idle_s), rel=1e-6)
+    assert embodied_g > 0 and co2e_g > embodied_g and water_ml > 0

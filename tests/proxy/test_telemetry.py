@@ -79,9 +79,12 @@ class FakeMeter:
         idle_energy_j: float | None = None,
         gpus: list[Any] | None = None,
         broken: bool = False,
+        other_energy_j: float | None = None,
     ) -> None:
         if idle_energy_j is not None:
             self.idle_energy_j = idle_energy_j
+        if other_energy_j is not None:
+            self.other_energy_j = other_energy_j
         self._gpus = gpus
         self._broken = broken
 
@@ -439,14 +442,14 @@ def test_footprint_counters_sum_per_team_model_upstream_and_method(rig: Rig) -> 
     assert all("error.type" not in p.attributes for p in durations)
 
 
-def test_gpu_and_idle_energy_are_observed_from_the_meters() -> None:
+def test_gpu_idle_and_other_energy_are_observed_from_the_meters() -> None:
     reader = InMemoryMetricReader()
     gpus = [
         SimpleNamespace(gpu_id=0, energy_j=1200.0, power_w=310.0),
         SimpleNamespace(gpu_id=1, energy_j=900.0, power_w=280.5),
     ]
     upstreams = [
-        make_upstream("h100", meter=FakeMeter(idle_energy_j=55.0, gpus=gpus)),
+        make_upstream("h100", meter=FakeMeter(idle_energy_j=55.0, gpus=gpus, other_energy_j=21.5)),
         make_upstream("broken", meter=FakeMeter(gpus=gpus, broken=True)),
         make_upstream("hosted", meter=FakeMeter()),
     ]
@@ -459,6 +462,7 @@ def test_gpu_and_idle_energy_are_observed_from_the_meters() -> None:
         for m in sm.metrics
     }
     assert points["footprint.idle_energy"] == {(("upstream", "h100"),): 55.0}
+    assert points["footprint.other_energy"] == {(("upstream", "h100"),): 21.5}
     gpu0 = (("hw.id", "0"), ("hw.type", "gpu"), ("upstream", "h100"))
     gpu1 = (("hw.id", "1"), ("hw.type", "gpu"), ("upstream", "h100"))
     assert points["hw.energy"] == {gpu0: 1200.0, gpu1: 900.0}

@@ -37,6 +37,7 @@ BASE = LedgerRecord(
     trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
     duration_ms=812.5,
     overhead_ms=0.31,
+    attribution="engine",
 )
 
 

@@ -3,7 +3,7 @@ water factor came from, its intensity's detail and own time, a ranged estimate's
 and the inputs its figures follow from (issue 13).
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -221,6 +221,7 @@ class _MeasuredTrack:
         self._model = model
         self._failures_at_open = self._sampler.failures_total
         self._start_s = meter._clock()
+        self._last_token_s: float | None = None
         self._sampler.request_started(request_id, self._start_s)
 
     def first_token(self, prompt_tokens: int) -> None:
@@ -229,6 +230,7 @@ class _MeasuredTrack:
 
     def output_tokens(self, count: int) -> None:
         """More output tokens: they weigh 1 each in the current tick."""
+        self._last_token_s = self._meter._clock()
         self._sampler.output_tokens(self._request_id, count)
 
     async def close(
@@ -236,7 +238,12 @@ class _MeasuredTrack:
     ) -> Measurement:
         """Close the request's last tick now and return its share; the estimate if the
         source failed while it was in flight. Never raises for a source failure."""
-        end_s = self._meter._clock()
+        # A stream's work on the GPU ended with its last token; what the relay does after it
+        # (the closing events, counting the prompt, the ledger) is none of the GPU's, and on
+        # a busy host it can take tens of milliseconds of idle power a lone request would
+        # otherwise carry. Without token events (a whole answer) the end is now.
+        now_s = self._meter._clock()
+        end_s = now_s if self._last_token_s is None else min(self._last_token_s, now_s)
         self._sampler.request_ended(
             self._request_id, end_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens
         )

@@ -34,11 +34,12 @@ from proxy.budgets import open_budgets
 from proxy.config import Settings, UpstreamSettings
 from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.idle import IdleRecorder
+from proxy.ledger import ERROR_TYPES as LEDGER_ERROR_TYPES
 from proxy.ledger import open_ledger
 from proxy.ledger import unavailable as ledger_unavailable
 from proxy.ratelimits import open_rate_limits
 from proxy.relay import Relay
-from proxy.routes import health, openai
+from proxy.routes import health, openai, openapi
 from proxy.routes.admin import admin_router
 from proxy.routes.admin_limits import limits_router
 from proxy.routes.admin_upstreams import upstreams_router
@@ -275,6 +276,7 @@ def create_app(
     app.router.routes.extend(openai.relay_routes())  # the hot path, matched first
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(openapi.router)
     app.include_router(admin_router)
     app.include_router(upstreams_router)
     app.include_router(limits_router)
@@ -349,6 +351,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             return ServiceUnavailable("the ledger is unavailable right now").to_response()
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return ProxyError("internal error in the proxy").to_response()
+
+    for kind in LEDGER_ERROR_TYPES:
+        # A handler per type (not only the catch-all, after which Starlette closes the
+        # connection): a database that is briefly unusable costs a 503, not the connection.
+        app.add_exception_handler(kind, unexpected)
 
     app.add_exception_handler(ProxyError, proxy_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -71,6 +71,8 @@ class Reservation:
     month: str
     # False when the budget store could not be asked and policy let the request through.
     checked: bool = True
+    # When it was made (the budgets' clock): the request's row was created just before.
+    reserved_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,10 @@ class BudgetStore(Protocol):
     async def put_budget(self, team: str, metric: str, period: str, limit: float) -> None: ...
 
     async def spent(self, team: str, since: datetime | None) -> dict[str, float]: ...
+
+    async def budget_snapshot(
+        self, team: str, starts: dict[str, datetime | None], recent_since: datetime
+    ) -> tuple[dict[str, dict[str, float]], list[str]]: ...
 
 
 def plain_decimal(value: float) -> str:
@@ -146,7 +152,7 @@ def _period_keys(now_s: float) -> tuple[str, str]:
     return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
 
 
-def _period_starts(day: str, month: str) -> dict[str, datetime | None]:
+def period_starts(day: str, month: str) -> dict[str, datetime | None]:
     return {
         "day": datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC),
         "month": datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC),
@@ -163,7 +169,7 @@ async def spent_since_period_starts(
 ) -> dict[tuple[str, str], float]:
     """(metric, period) -> what the ledger says `team` spent in the current period."""
     out: dict[tuple[str, str], float] = {}
-    for period, since in _period_starts(day, month).items():
+    for period, since in period_starts(day, month).items():
         sums = await store.spent(team, since)
         for metric in METRICS:
             out[(metric, period)] = sums[metric]
@@ -176,13 +182,7 @@ class _Backend(Protocol):
     ) -> tuple[bool, list[BudgetLine]]: ...
 
     async def settle(
-        self,
-        team: str,
-        request_id: str,
-        actual: Usage,
-        day: str,
-        month: str,
-        recorded_s: float,
+        self, reservation: Reservation, actual: Usage, recorded_s: float
     ) -> list[BudgetLine]: ...
 
     async def release(self, team: str, request_id: str) -> None: ...
@@ -300,14 +300,10 @@ class LocalBackend:
         return True, self._lines(state, day, month)
 
     async def settle(
-        self,
-        team: str,
-        request_id: str,
-        actual: Usage,
-        day: str,
-        month: str,
-        recorded_s: float,
+        self, reservation: Reservation, actual: Usage, recorded_s: float
     ) -> list[BudgetLine]:
+        team, request_id = reservation.team, reservation.request_id
+        day, month = reservation.day, reservation.month
         state = await self._state(team, day, month)
         self._drop_reservation(state, request_id)
         for metric, amount in zip(METRICS, actual.values(), strict=True):
@@ -441,13 +437,15 @@ class Budgets:
                 raise ServiceUnavailable(
                     "the budget store is unreachable; requests are refused until it is back"
                 ) from None
-            return Reservation(team, request_id, worst, day, month, checked=False)
+            return Reservation(
+                team, request_id, worst, day, month, checked=False, reserved_s=self._clock()
+            )
         if not ok:
             raise BudgetExceeded(
                 _exceeded_message(team, lines, worst),
                 headers=remaining_headers(remaining_by_metric(lines)),
             )
-        return Reservation(team, request_id, worst, day, month)
+        return Reservation(team, request_id, worst, day, month, reserved_s=self._clock())
 
     async def settle(self, reservation: Reservation, actual: Usage) -> dict[str, float]:
         """Replace the reservation by what the request really used; call it once the request's
@@ -461,9 +459,7 @@ class Budgets:
         r = reservation
         try:
             self._check_store()
-            lines = await self._backend.settle(
-                r.team, r.request_id, actual, r.day, r.month, recorded_s
-            )
+            lines = await self._backend.settle(r, actual, recorded_s)
         except StoreUnavailable as exc:
             self._store_failed("settle", exc)
             self._queue_pending(r, actual, recorded_s)
@@ -502,9 +498,7 @@ class Budgets:
                 r = entry.reservation
                 try:
                     self._check_store()
-                    await self._backend.settle(
-                        r.team, r.request_id, entry.actual, r.day, r.month, entry.recorded_s
-                    )
+                    await self._backend.settle(r, entry.actual, entry.recorded_s)
                 except StoreUnavailable as exc:
                     self._pending.appendleft(entry)
                     if self._monotonic() >= self._store_down_until:
@@ -579,6 +573,7 @@ async def open_budgets(
             clock,
             key_prefix=key_prefix,
             timeout_s=settings.redis_timeout_s if redis_timeout_s is None else redis_timeout_s,
+            claim_ttl_s=settings.claim_ttl_s,
         )
     else:
         backend = LocalBackend(store, settings.reservation_ttl_s, clock)

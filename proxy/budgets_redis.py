@@ -8,27 +8,34 @@ Outages and lost keys are part of the design, not an afterthought:
   reservations it holds for that team (Redis may have lost them) and tries again, so a Redis
   that lost a team's keys never forgets a request still in flight.
 - Settling is idempotent per request id (a `settled` set kept for the reservation TTL), and a
-  settlement whose ledger row was already durable when the current generation read the
-  ledger adds nothing (the ledger's sum already holds it). So a settlement retried after a
-  lost reply, or queued through an outage and applied after Redis came back empty, counts
-  once.
+  settlement whose row the generation's ledger read already counted adds nothing. The read
+  and the ids of the rows it counted (those of the last reservation TTL) come from one
+  database snapshot and are stored with the generation (`inread`), so a row is counted once
+  whether its settlement arrives before, during or after a rebuild (a settlement retried
+  after a lost reply, or queued through an outage and applied after Redis came back empty).
+  A request older than that window falls back to timestamps (its row durable before the read
+  began: counted by the read).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from proxy.budgets import (
     METRICS,
     BudgetLine,
     BudgetStore,
+    Reservation,
     StoreUnavailable,
     Usage,
     period_key,
-    spent_since_period_starts,
+    period_starts,
 )
 
 log = logging.getLogger("footprint.budgets")
@@ -37,7 +44,8 @@ _ATTEMPTS = 5
 
 # KEYS: 1 limits hash ("metric|period" -> limit, "_init" -> generation), 2 reservations hash
 # (id -> "a,b,…", one amount per metric), 3 expiries zset (id -> ms), 4 reserved hash
-# (metric -> sum), 5 used hash ("metric|period|period key" -> amount), 6 settled zset (id -> ms).
+# (metric -> sum), 5 used hash ("metric|period|period key" -> amount), 6 settled zset (id -> ms),
+# 7 in-read zset (ids of the rows the generation's ledger read counted -> ms).
 # ARGV[1]: the generation the caller expects; A: the script's own arguments (ARGV[2:]).
 # The metric names come from `METRICS`, and every loop over them runs to `#METRICS`: a metric
 # added there is held, settled and dropped here too.
@@ -137,7 +145,8 @@ return flat('ok', lines(A[3], A[4]))
 )
 
 # A: request id, day, month, when its ledger row was durable (ms), keep settled ids (ms),
-# the actual amounts (one per metric).
+# the actual amounts (one per metric), when it was reserved (ms), the generation's window of
+# ids (ms).
 _LUA_SETTLE = (
     _LUA_COMMON
     + """
@@ -145,22 +154,27 @@ local rid = A[1]
 drop(rid)
 local now = now_ms()
 local init_ms = tonumber(string.match(gen, '^(%d+)')) or 0
-if not redis.call('ZSCORE', KEYS[6], rid) then
+-- Counted already: settled before (a retry), or its row was in the generation's ledger read
+-- (by id, for rows of the read's window; by time, for a request older than that window).
+local reserved_ms, window_ms = tonumber(A[6 + #METRICS]), tonumber(A[7 + #METRICS])
+local counted = redis.call('ZSCORE', KEYS[6], rid) or redis.call('ZSCORE', KEYS[7], rid)
+if not counted and reserved_ms < init_ms - window_ms then
+  counted = tonumber(A[4]) <= init_ms
+end
+if not counted then
   redis.call('ZADD', KEYS[6], now, rid)
-  -- A row durable before this generation read the ledger is in its sums already.
-  if tonumber(A[4]) > init_ms then
-    local pkeys = {day = A[2], month = A[3], total = 'all'}
-    for i = 1, #METRICS do
-      local v = tonumber(A[5 + i])
-      if v ~= 0 then
-        for period, pk in pairs(pkeys) do
-          redis.call('HINCRBYFLOAT', KEYS[5], METRICS[i] .. '|' .. period .. '|' .. pk, v)
-        end
+  local pkeys = {day = A[2], month = A[3], total = 'all'}
+  for i = 1, #METRICS do
+    local v = tonumber(A[5 + i])
+    if v ~= 0 then
+      for period, pk in pairs(pkeys) do
+        redis.call('HINCRBYFLOAT', KEYS[5], METRICS[i] .. '|' .. period .. '|' .. pk, v)
       end
     end
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(A[5]))
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 2 * window_ms)
 expire()
 return flat('ok', lines(A[2], A[3]))
 """
@@ -186,13 +200,19 @@ return {'ok'}
 """
 )
 
-# ARGV: generation, n limits, then n (field, limit) pairs, then (field, used) pairs. Only the
-# first replica to get here writes; limits written meanwhile by PUT win (HSETNX).
+# KEYS: limits, used, in-read. ARGV: generation, n limits, m used, then n (field, limit)
+# pairs, m (field, used) pairs, then the ids the read counted. Only the first replica to get
+# here writes; limits written meanwhile by PUT win (HSETNX).
 _LUA_INIT = """
 if redis.call('HEXISTS', KEYS[1], '_init') == 1 then return 0 end
-local n = tonumber(ARGV[2])
-for i = 0, n - 1 do redis.call('HSETNX', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i]) end
-for i = 3 + 2 * n, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local n, m = tonumber(ARGV[2]), tonumber(ARGV[3])
+local at = tonumber(string.match(ARGV[1], '^(%d+)'))
+for i = 0, n - 1 do redis.call('HSETNX', KEYS[1], ARGV[4 + 2 * i], ARGV[5 + 2 * i]) end
+local first_used = 4 + 2 * n
+for i = 0, m - 1 do
+  redis.call('HSETNX', KEYS[2], ARGV[first_used + 2 * i], ARGV[first_used + 2 * i + 1])
+end
+for i = first_used + 2 * m, #ARGV do redis.call('ZADD', KEYS[3], at, ARGV[i]) end
 redis.call('HSET', KEYS[1], '_init', ARGV[1])
 return 1
 """
@@ -234,6 +254,7 @@ class RedisBackend:
         *,
         key_prefix: str = "footprint",
         timeout_s: float = 1.0,
+        claim_ttl_s: float = 30.0,
     ) -> None:
         import redis.asyncio as redis_asyncio
         from redis.asyncio.retry import Retry
@@ -260,10 +281,14 @@ class RedisBackend:
         # (request id -> (worst case, expiry on this replica's clock)).
         self._generation: dict[str, str] = {}
         self._live: dict[str, dict[str, tuple[Usage, float]]] = {}
+        # Client request ids this replica has claimed and not let go, renewed by `_renewer`.
+        self._claim_ttl_s = claim_ttl_s
+        self._claims: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
 
     def _keys(self, team: str) -> list[str]:
         base = f"{self._prefix}:{{{team}}}:"
-        return [base + s for s in ("limits", "res", "exp", "reserved", "used", "settled")]
+        return [base + s for s in ("limits", "res", "exp", "reserved", "used", "settled", "inread")]
 
     async def _run(
         self, script: Any, team: str, day: str, month: str, args: list[Any]
@@ -304,20 +329,30 @@ class RedisBackend:
             )
 
     async def _initialise(self, team: str, day: str, month: str) -> None:
-        """Load `team`'s limits and spent amounts from the database into Redis."""
-        generation = f"{int(self._clock() * 1000)}-{secrets.token_hex(4)}"
+        """Load `team`'s limits and spent amounts from the database into Redis, with the ids
+        of the rows of the last reservation TTL that the sums count (so a settlement of one
+        of them, arriving later, adds nothing)."""
+        now_s = self._clock()
+        generation = f"{int(now_s * 1000)}-{secrets.token_hex(4)}"
+        since = datetime.fromtimestamp(now_s - self._ttl_s, UTC)
         try:
             limits = await self._store.list_budgets(team)
-            spent = await spent_since_period_starts(self._store, team, day, month)
+            sums, ids = await self._store.budget_snapshot(team, period_starts(day, month), since)
         except Exception as exc:
             raise StoreUnavailable(f"reading budgets from the ledger: {exc!r}") from exc
-        args: list[Any] = [generation, len(limits)]
+        used = [
+            (f"{metric}|{period}|{period_key(period, day, month)}", repr(sums[period][metric]))
+            for period in sums
+            for metric in METRICS
+        ]
+        args: list[Any] = [generation, len(limits), len(used)]
         for metric, period, limit in limits:
             args += [f"{metric}|{period}", repr(float(limit))]
-        for (metric, period), amount in spent.items():
-            args += [f"{metric}|{period}|{period_key(period, day, month)}", repr(float(amount))]
+        for field_name, amount in used:
+            args += [field_name, amount]
+        args += ids
         keys = self._keys(team)
-        if await self._init(keys=[keys[0], keys[4]], args=args):
+        if await self._init(keys=[keys[0], keys[4], keys[6]], args=args):
             log.info("budget counts of team %r loaded into Redis from the ledger", team)
 
     async def reserve(
@@ -331,22 +366,19 @@ class RedisBackend:
         return tag == "ok", lines
 
     async def settle(
-        self,
-        team: str,
-        request_id: str,
-        actual: Usage,
-        day: str,
-        month: str,
-        recorded_s: float,
+        self, reservation: Reservation, actual: Usage, recorded_s: float
     ) -> list[BudgetLine]:
-        self._forget(team, request_id)
+        team, day, month = reservation.team, reservation.day, reservation.month
+        self._forget(team, reservation.request_id)
         args = [
-            request_id,
+            reservation.request_id,
             day,
             month,
             int(recorded_s * 1000),
             int(self._ttl_s * 1000),
             *(repr(float(v)) for v in actual.values()),
+            int(reservation.reserved_s * 1000),
+            int(self._ttl_s * 1000),
         ]
         _, lines = _parse_lines(await self._run(self._settle, team, day, month, args))
         return lines
@@ -381,22 +413,51 @@ class RedisBackend:
 
     async def claim(self, request_id: str, team: str) -> bool:
         """SET NX on a key of its own (not under the team's hash tag: the id is unique across
-        teams), expiring after the reservation TTL."""
+        teams), expiring after `claim_ttl_s` unless this replica renews it (every third of
+        that, while the request runs): a replica that dies lets its ids go within the TTL."""
         from redis.exceptions import RedisError
 
-        key = f"{self._prefix}:claim:{request_id}"
         try:
-            return bool(await self._redis.set(key, team, nx=True, px=int(self._ttl_s * 1000)))
+            taken = await self._redis.set(
+                self._claim_key(request_id), team, nx=True, px=int(self._claim_ttl_s * 1000)
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(repr(exc)) from exc
+        if taken:
+            self._claims.add(request_id)
+            self._renew_claims_soon()
+        return bool(taken)
 
     async def unclaim(self, request_id: str) -> None:
         from redis.exceptions import RedisError
 
+        self._claims.discard(request_id)
         try:
-            await self._redis.delete(f"{self._prefix}:claim:{request_id}")
+            await self._redis.delete(self._claim_key(request_id))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(repr(exc)) from exc
+
+    def _claim_key(self, request_id: str) -> str:
+        return f"{self._prefix}:claim:{request_id}"
+
+    def _renew_claims_soon(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_claims())
+
+    async def _renew_claims(self) -> None:
+        """While this replica holds claims, push their expiry out every third of the TTL."""
+        from redis.exceptions import RedisError
+
+        ttl_ms = int(self._claim_ttl_s * 1000)
+        while self._claims:
+            await asyncio.sleep(self._claim_ttl_s / 3)
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for request_id in list(self._claims):
+                        pipe.pexpire(self._claim_key(request_id), ttl_ms)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("request id claims not renewed: %r", exc)
 
     async def ping(self) -> None:
         """Raises StoreUnavailable if Redis does not answer within the socket timeout."""
@@ -408,4 +469,8 @@ class RedisBackend:
             raise StoreUnavailable(repr(exc)) from exc
 
     async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
         await self._redis.aclose()

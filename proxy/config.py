@@ -109,6 +109,9 @@ class BudgetSettings(_Section):
     # Socket timeout of every Redis call (connect and reply). After a failure Redis is not
     # asked again for a second, so a Redis that never answers costs one timeout per second.
     redis_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # A client's own x-request-id is claimed while its request runs (a reuse is a 409); a
+    # replica renews its claims every third of this, so one that dies frees them within it.
+    claim_ttl_s: Annotated[float, Field(ge=1)] = 30.0
 
     @field_validator("redis_url")
     @classmethod

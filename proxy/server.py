@@ -1,5 +1,6 @@
 """The HTTP server's own limits, enforced where the bytes arrive (uvicorn's httptools
-protocol), before any of it reaches the app:
+protocol), before any of it reaches the app; and its own refusals in OpenAI's error shape
+(uvicorn answers an unparseable request with plain text):
 
 - `server.max_header_bytes`: the request line and headers together. httptools buffers
   headers without bound (a 30 MB `x-request-id` was accepted, echoed, forwarded and stored);
@@ -19,7 +20,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.config import ServerSettings
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 
 
 class _HeadersTooLarge(Exception):
@@ -75,16 +80,16 @@ def limited_protocol(settings: ServerSettings) -> type[HttpToolsProtocol]:
             super().on_header(name, value)
 
         def send_400_response(self, msg: str) -> None:
-            if not self._headers_too_large:
-                super().send_400_response(msg)
-                return
-            self.transport.write(
-                _error_response(
+            # uvicorn's own answer is plain text; every error is in OpenAI's shape.
+            if self._headers_too_large:
+                response = _error_response(
                     431,
                     f"request headers are over the limit of {max_header_bytes} bytes",
                     "headers_too_large",
                 )
-            )
+            else:
+                response = _error_response(400, f"not a valid HTTP request: {msg}", "bad_request")
+            self.transport.write(response)
             self.transport.close()
 
         def on_headers_complete(self) -> None:

@@ -6,7 +6,7 @@ holds teams, keys and budgets in the same database.
 
 from proxy.ledger._accounts import ACCOUNT_FIELDS, AccountRow
 from proxy.ledger._engine import LedgerConfigError
-from proxy.ledger._health import LedgerUnreachable, check_reachable, unavailable
+from proxy.ledger._health import ERROR_TYPES, LedgerUnreachable, check_reachable, unavailable
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
 from proxy.ledger._records import (
     METRICS,
@@ -25,6 +25,7 @@ from proxy.ledger._writer import LedgerWriteError
 __all__ = [
     "ACCOUNT_FIELDS",
     "BUCKETS",
+    "ERROR_TYPES",
     "GROUP_KEYS",
     "MARKET_FIELDS",
     "METRICS",

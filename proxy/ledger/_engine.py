@@ -4,8 +4,9 @@ SQLite runs through aiosqlite (its own thread per connection, so nothing blocks 
 loop) in WAL mode for reads and administration; request rows are written by the ledger's own
 writer thread (`_sqlite_writer`). PostgreSQL runs through asyncpg. `?schema=name` on a
 PostgreSQL URL puts every table in that schema (used by tests; handy for sharing one database
-between deployments). `?synchronous=full|normal` on a SQLite URL picks how hard a commit syncs
-to disk (see `SQLiteTarget`).
+between deployments); `?application_name=` names its connections (default `footprint`).
+`?synchronous=full|normal` on a SQLite URL picks how hard a commit syncs to disk (see
+`SQLiteTarget`).
 """
 
 from __future__ import annotations
@@ -114,11 +115,14 @@ def _postgres_engine(url: URL, settings: LedgerSettings) -> AsyncEngine:
     schema = query.pop("schema", None)
     # A server that does not answer costs a bounded wait, not asyncpg's default 60 s.
     connect_args: dict[str, Any] = {"timeout": settings.connect_timeout_s}
+    # How the connections are named in pg_stat_activity (`?application_name=` to choose).
+    server_settings = {"application_name": str(query.pop("application_name", "footprint"))}
     if schema is not None:
         schema = str(schema)
         if not _SCHEMA_NAME.match(schema):
             raise LedgerConfigError(f"ledger URL: not a schema name: {schema!r}")
-        connect_args["server_settings"] = {"search_path": schema}
+        server_settings["search_path"] = schema
+    connect_args["server_settings"] = server_settings
     return create_async_engine(
         url.set(drivername="postgresql+asyncpg", query=query),
         connect_args=connect_args,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from proxy.config import LedgerSettings
@@ -39,7 +39,13 @@ log = logging.getLogger("footprint.ledger")
 MARKER_SUFFIX = ".created"
 # asyncpg's names for "the server will not take this connection now".
 _UNAVAILABLE_DRIVER_ERRORS = frozenset(
-    {"TooManyConnectionsError", "CannotConnectNowError", "ConnectionDoesNotExistError"}
+    {
+        "TooManyConnectionsError",
+        "CannotConnectNowError",
+        "ConnectionDoesNotExistError",
+        "InternalClientError",  # a connection whose operation was cut midway
+        "AdminShutdownError",  # pg_terminate_backend
+    }
 )
 
 
@@ -106,19 +112,27 @@ def write_marker(database: str) -> None:
         marker.write_text(datetime.now(UTC).isoformat(timespec="seconds") + "\n")
 
 
+# The exception types a ledger call can raise besides our own: the app renders them (503 when
+# `unavailable`, else 500) in a handler of their own, so the connection stays open.
+ERROR_TYPES: tuple[type[Exception], ...] = (SQLAlchemyError, OSError)
+
+
 def unavailable(exc: BaseException) -> bool:
     """True for the errors that mean the database cannot be used right now (refused or
-    dropped connections, too many clients, an exhausted pool), as opposed to a bad query."""
-    if isinstance(exc, PoolTimeout | OperationalError | InterfaceError | OSError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    name = type(getattr(exc, "orig", None) or exc).__name__
-    return name in (
-        "TooManyConnectionsError",
-        "CannotConnectNowError",
-        "ConnectionDoesNotExistError",
-    )
+    dropped connections, too many clients, an exhausted pool, a connection left unusable by
+    one), as opposed to a bad query: the error or anything in its chain of causes."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, PoolTimeout | OperationalError | InterfaceError | OSError):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if type(seen).__name__ in _UNAVAILABLE_DRIVER_ERRORS:
+            return True
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    return False
 
 
 def _where(url_text: str) -> str:

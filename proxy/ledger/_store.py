@@ -249,27 +249,50 @@ class Store:
         A request counts towards `requests` when it succeeded or used anything: a request that
         failed before reaching a model is released, not settled, by the budget.
         """
-        counted = case(
-            (
-                (requests.c.status < 400)
-                | (requests.c.prompt_tokens + requests.c.completion_tokens > 0)
-                | (requests.c.energy_j > 0),
-                1,
-            ),
-            else_=0,
-        )
-        query = select(
-            func.coalesce(func.sum(requests.c.energy_j), 0.0),
-            func.coalesce(func.sum(requests.c.co2e_g), 0.0),
-            func.coalesce(func.sum(requests.c.water_ml), 0.0),
-            func.coalesce(func.sum(requests.c.prompt_tokens + requests.c.completion_tokens), 0),
-            func.coalesce(func.sum(counted), 0),
-            func.coalesce(
-                func.sum(func.coalesce(requests.c.co2e_market_g, requests.c.co2e_g)), 0.0
-            ),
-        ).where(requests.c.team == team)
-        if since is not None:
-            query = query.where(requests.c.created_at >= as_utc(since))
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).one()
+            row = (await conn.execute(_spent_query(team, since))).one()
         return {metric: float(value) for metric, value in zip(METRICS, row, strict=True)}
+
+    async def budget_snapshot(
+        self, team: str, starts: dict[str, datetime | None], recent_since: datetime
+    ) -> tuple[dict[str, dict[str, float]], list[str]]:
+        """In one snapshot of the database: what `team` spent since each of `starts` (period
+        -> start, None: ever), and the ids of its rows created since `recent_since`. One
+        snapshot, so a row is either in both or in neither (PostgreSQL: REPEATABLE READ;
+        SQLite: one read transaction)."""
+        async with self._engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            sums: dict[str, dict[str, float]] = {}
+            for period, since in starts.items():
+                row = (await conn.execute(_spent_query(team, since))).one()
+                sums[period] = {m: float(v) for m, v in zip(METRICS, row, strict=True)}
+            recent = select(requests.c.request_id).where(
+                (requests.c.team == team) & (requests.c.created_at >= as_utc(recent_since))
+            )
+            ids = [str(r[0]) for r in (await conn.execute(recent)).all()]
+            await conn.rollback()
+        return sums, ids
+
+
+def _spent_query(team: str, since: datetime | None) -> Any:
+    counted = case(
+        (
+            (requests.c.status < 400)
+            | (requests.c.prompt_tokens + requests.c.completion_tokens > 0)
+            | (requests.c.energy_j > 0),
+            1,
+        ),
+        else_=0,
+    )
+    query = select(
+        func.coalesce(func.sum(requests.c.energy_j), 0.0),
+        func.coalesce(func.sum(requests.c.co2e_g), 0.0),
+        func.coalesce(func.sum(requests.c.water_ml), 0.0),
+        func.coalesce(func.sum(requests.c.prompt_tokens + requests.c.completion_tokens), 0),
+        func.coalesce(func.sum(counted), 0),
+        func.coalesce(func.sum(func.coalesce(requests.c.co2e_market_g, requests.c.co2e_g)), 0.0),
+    ).where(requests.c.team == team)
+    if since is not None:
+        query = query.where(requests.c.created_at >= as_utc(since))
+    return query

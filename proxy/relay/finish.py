@@ -185,14 +185,18 @@ async def _discard(work: Coroutine[Any, Any, object]) -> None:
 
 
 def spent(call: Call, footprint: Footprint) -> Usage:
-    """What the request cost, on every budget metric."""
+    """What the request cost, on every budget metric. It counts as a request when it
+    succeeded or used anything: the rule the ledger's sums apply when budgets are rebuilt from
+    it (`Store.spent`), so the two always agree."""
+    tokens = call.tally.prompt_tokens + call.tally.completion_tokens
+    counted = call.tally.status < 400 or tokens > 0 or footprint.energy_j > 0
     return Usage(
         energy_j=footprint.energy_j,
         co2e_g=footprint.co2e_g,
         water_ml=footprint.water_ml,
-        tokens=call.tally.prompt_tokens + call.tally.completion_tokens,
+        tokens=tokens,
+        requests=1 if counted else 0,
         co2e_market_g=footprint.co2e_market_g,
-        requests=1,
     )
 
 

@@ -19,7 +19,14 @@ from starlette.responses import Response
 
 from meters import MeterError, RequestTrack
 from proxy.budgets import Usage
-from proxy.errors import DuplicateRequestId, ModelNotFound, PermissionDenied, ProxyError
+from proxy.errors import (
+    DuplicateRequestId,
+    ModelNotFound,
+    PermissionDenied,
+    ProxyError,
+    ServiceUnavailable,
+)
+from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import checks, send
 from proxy.relay.attempts import Attempts
 from proxy.relay.call import Asked, Call
@@ -71,9 +78,13 @@ class Relay:
             response = await self._handle(request, call)
         except ProxyError as error:
             response = self._refusal(call, error)
-        except Exception:
-            log.exception("request %s: unexpected error", call.request_id)
-            response = self._refusal(call, ProxyError("internal error in the proxy"))
+        except Exception as exc:
+            if ledger_unavailable(exc):
+                log.error("request %s: ledger unavailable: %r", call.request_id, exc)
+                response = self._refusal(call, ServiceUnavailable("the ledger is unavailable"))
+            else:
+                log.exception("request %s: unexpected error", call.request_id)
+                response = self._refusal(call, ProxyError("internal error in the proxy"))
         if call.rate is not None:
             # A limited key's every answer says where it stands (OpenAI's x-ratelimit-*).
             response.headers.update(call.rate.headers())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,12 @@ async def _serve(budgets: Budgets, ledger: Ledger, request_id: str) -> None:
     reservation = await budgets.reserve("search", Usage(tokens=10, requests=1), request_id)
     await ledger.record(
         record(
-            request_id=request_id, team="search", prompt_tokens=4, completion_tokens=6, co2e_g=0.0
+            request_id=request_id,
+            created_at=datetime.now(UTC),
+            team="search",
+            prompt_tokens=4,
+            completion_tokens=6,
+            co2e_g=0.0,
         )
     )
     await budgets.settle(reservation, Usage(tokens=10, requests=1))
@@ -108,7 +114,7 @@ async def test_a_settlement_whose_reply_was_lost_is_not_counted_twice(
     budgets = await budgets_on("allow")
     await _serve(budgets, ledger, "r1")
     reservation = await budgets.reserve("search", Usage(requests=1), "r2")
-    await ledger.record(record(request_id="r2", team="search"))
+    await ledger.record(record(request_id="r2", team="search", created_at=datetime.now(UTC)))
     await budgets.settle(reservation, Usage(requests=1))
     # The same settlement again, as a retry after a lost reply sends it.
     budgets._queue_pending(reservation, Usage(requests=1))
@@ -134,7 +140,9 @@ async def test_redis_losing_a_teams_keys_mid_flight_does_not_let_the_budget_be_o
             pass
     assert admitted == 0
     for i, reservation in enumerate(held):
-        await ledger.record(record(request_id=f"inflight-{i}", team="search"))
+        await ledger.record(
+            record(request_id=f"inflight-{i}", team="search", created_at=datetime.now(UTC))
+        )
         await budgets.settle(reservation, Usage(requests=1))
     assert await _used_requests(budgets) == 50
     with pytest.raises(BudgetExceeded):

@@ -30,14 +30,13 @@ from meters.estimate import Estimator
 from meters.intensity import ElectricityMapsProvider, GridIntensity, IntensityTable, TableIntensity
 from meters.meter import build_meter
 from proxy.auth import Authenticator
-from proxy.budgets import open_budgets
+from proxy.budgets import open_budgets, open_rate_limits
 from proxy.config import Settings, UpstreamSettings
 from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.idle import IdleRecorder
 from proxy.ledger import ERROR_TYPES as LEDGER_ERROR_TYPES
 from proxy.ledger import open_ledger
 from proxy.ledger import unavailable as ledger_unavailable
-from proxy.ratelimits import open_rate_limits
 from proxy.relay import Relay
 from proxy.routes import health, openai, openapi
 from proxy.routes.admin import admin_router

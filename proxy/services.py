@@ -12,9 +12,8 @@ from proxy.routing import Planner
 if TYPE_CHECKING:
     from meters.intensity import GridIntensity
     from proxy.auth import Authenticator
-    from proxy.budgets import Budgets
+    from proxy.budgets import Budgets, RateLimits
     from proxy.ledger import Ledger
-    from proxy.ratelimits import RateLimits
     from proxy.telemetry import Telemetry
     from proxy.upstreams import UpstreamRouter
 
@@ -37,7 +36,7 @@ class Services:
     def __post_init__(self) -> None:
         self.planner = Planner(self.settings.routing, self.intensity)
         if self.limits is None:
-            from proxy.ratelimits import LocalCounter, RateLimits
+            from proxy.budgets import LocalCounter, RateLimits
 
             self.limits = RateLimits(self.ledger, LocalCounter())
         self.rate_limits = self.limits

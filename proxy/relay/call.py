@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from proxy.upstreams import Upstream
 
 if TYPE_CHECKING:
-    from proxy.ratelimits import Admission
+    from proxy.budgets import Admission
     from proxy.relay.attempts import Attempts
     from proxy.relay.facts import Endpoint
     from proxy.telemetry import RequestTelemetry

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.ratelimits import Admission, Counted, Limit
+from proxy.budgets import Admission, Counted, Limit
 from tests.proxy.conftest import proxy_settings
 from tests.support.fake_upstream import UpstreamLog
 from tests.support.servers import ServerThread

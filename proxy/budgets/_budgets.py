@@ -564,7 +564,7 @@ async def open_budgets(
     need not be up yet: `on_store_error` governs requests until it is."""
     backend: _Backend
     if settings.redis_url:
-        from proxy.budgets_redis import RedisBackend
+        from proxy.budgets._redis import RedisBackend
 
         backend = RedisBackend(
             store,

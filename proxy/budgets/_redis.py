@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.budgets import (
+from proxy.budgets._budgets import (
     METRICS,
     BudgetLine,
     BudgetStore,

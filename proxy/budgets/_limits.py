@@ -1,8 +1,9 @@
 """Rate limits per team and per key: requests per minute and tokens per minute.
 
-Beside budgets, not inside them (issue 15 asked for one store; the budget module was being
-rebuilt by another change while this was written, so limits keep their own small counter on
-the same Redis, under the team's hash tag, and the same `on_store_error` policy).
+In the budgets package, beside the budget backends: the same Redis (each replica's own
+connection to it), keys under the team's hash tag, and the same `on_store_error` policy, but
+a counter of their own (a fixed window needs none of the budgets' reservations, generations
+or rebuilds from the ledger).
 
 Counting is a fixed one-minute window per scope (the team, and each limited key). A request is
 admitted when every scope that limits it has room for one more request and for its tokens, and
@@ -23,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 from proxy.errors import ProxyError, ServiceUnavailable
 
-log = logging.getLogger("footprint.ratelimits")
+log = logging.getLogger("footprint.budgets")
 
 WINDOW_S = 60
 # How long a replica trusts the limits it read from the database.

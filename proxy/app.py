@@ -209,9 +209,7 @@ def create_app(
             tel = build_telemetry(settings.telemetry, upstreams)
         elif tel is not None:
             tel.watch_upstreams(upstreams)
-        limits = open_rate_limits(
-            settings.budgets.redis_url, ledger, settings.budgets.on_store_error
-        )
+        limits = open_rate_limits(budgets, ledger, settings.budgets.on_store_error)
         services = Services(
             settings=settings,
             router=router,

@@ -20,9 +20,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from proxy.errors import ProxyError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from proxy.budgets._budgets import Budgets
 
 log = logging.getLogger("footprint.budgets")
 
@@ -186,21 +191,12 @@ return out
 
 
 class RedisCounter:
-    """Counts in Redis, shared by every replica; one Lua script per admission."""
+    """Counts in the budgets' Redis, shared by every replica; one Lua script per admission."""
 
-    def __init__(self, redis_url: str, *, key_prefix: str = "footprint", timeout_s: float = 1.0):
-        import redis.asyncio as redis_asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
+    def __init__(self, client: Redis, *, key_prefix: str = "footprint") -> None:
+        # The budgets' own client (its timeouts, no retry ladder); closed by the budgets.
         self._prefix = key_prefix
-        self._redis = redis_asyncio.Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._admit = self._redis.register_script(_LUA_ADMIT)
+        self._admit = client.register_script(_LUA_ADMIT)
 
     async def admit(
         self, team: str, window: int, limits: Sequence[Limit], tokens: int
@@ -221,7 +217,7 @@ class RedisCounter:
         return values[0], pairs
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        return None  # the client is the budgets', closed with them
 
 
 def _or_none(value: int | None) -> int:
@@ -300,10 +296,11 @@ class RateLimits:
 
 
 def open_rate_limits(
-    redis_url: str, store: LimitStore, on_store_error: str, *, key_prefix: str = "footprint"
+    budgets: Budgets, store: LimitStore, on_store_error: str, *, key_prefix: str = "footprint"
 ) -> RateLimits:
-    """In-process counting without `budgets.redis_url`, Redis with it."""
+    """Counted where `budgets` count: in-process, or in their Redis through their client."""
+    client = budgets.redis
     counter: Counter = (
-        RedisCounter(redis_url, key_prefix=key_prefix) if redis_url else LocalCounter()
+        RedisCounter(client, key_prefix=key_prefix) if client is not None else LocalCounter()
     )
     return RateLimits(store, counter, on_store_error)

@@ -48,11 +48,12 @@ if str(ROOT) not in sys.path:  # run as `python bench/gpu_validate.py` from anyw
 from bench.gpu_analysis import (  # noqa: E402 - needs ROOT on the path first
     MJ_PER_J,
     MeterSnapshot,
-    RequestResult,
     build_report,
     format_table,
-    parse_sse_line,
 )
+from bench.gpu_checks import format_checks  # noqa: E402
+from bench.gpu_client import FakeGpuHooks, Hooks, prompt_of, say, send_chat  # noqa: E402
+from bench.gpu_phases import Plan19  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ class CounterPoller:
         period_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._nvml = nvml
-        self._handle = nvml.nvmlDeviceGetHandleByIndex(gpu_index)
+        self.nvml = self._nvml = nvml
+        self.handle = self._handle = nvml.nvmlDeviceGetHandleByIndex(gpu_index)
         self.period_s = period_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -117,7 +118,8 @@ class CounterPoller:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _record(self, time_s: float, value_mj: int) -> None:
         with self._lock:
@@ -188,14 +190,6 @@ def thread_cpu_s(thread: threading.Thread | None) -> float | None:
         return None
 
 
-_T0 = time.monotonic()
-
-
-def say(message: str) -> None:
-    """Progress on stdout, with seconds since the script started (the device run's log)."""
-    print(f"[{time.monotonic() - _T0:6.1f} s] {message}", flush=True)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -203,8 +197,20 @@ def free_port() -> int:
 
 
 def footprint_toml(
-    *, port: int, upstream_url: str, db_path: Path, params_b: float, accelerator: str
+    *,
+    port: int,
+    upstream_url: str,
+    db_path: Path,
+    params_b: float,
+    accelerator: str,
+    tick_s: float = 0.1,
+    activity_url: str = "",
+    local: bool = False,
 ) -> str:
+    """A footprint.toml for one proxy; with `activity_url`, `activity = "engine"` there; with
+    `local`, `activity = "local"` (the issue-7 run's split, over the requests it saw)."""
+    activity = f'activity = "engine"\nactivity_url = "{activity_url}"\n' if activity_url else ""
+    activity = 'activity = "local"\n' if local else activity
     return f"""\
 [server]
 host = "127.0.0.1"
@@ -216,7 +222,7 @@ log_level = "warning"
 url = "sqlite:///{db_path}"
 
 [metering]
-tick_s = 0.1
+tick_s = {tick_s}
 
 [[upstreams]]
 name = "gpu"
@@ -227,7 +233,7 @@ zone = "WORLD"
 [upstreams.meter]
 kind = "nvml"
 gpus = [0]
-
+{activity}
 [upstreams.hardware]
 accelerator = "{accelerator}"
 gpus = 1
@@ -236,89 +242,19 @@ total_params_b = {params_b:.4f}
 """
 
 
+def engine_attribution_available() -> bool:
+    """Whether this checkout's config has `[upstreams.meter] activity` (issue 10)."""
+    from proxy.config import MeterSettings
+
+    return "activity" in MeterSettings.model_fields
+
+
 def accelerator_name(gpu_name: str) -> str:
     """The estimator's accelerator label for an NVML device name."""
     for marker, label in (("H200", "H200"), ("H100", "H100-SXM"), ("A100", "A100")):
         if marker in gpu_name:
             return label
     return gpu_name or "unknown"
-
-
-class Hooks:
-    """What the driver tells a simulated GPU about its requests; nothing for a real one."""
-
-    def started(self, request_id: str) -> None: ...
-    def token(self, request_id: str, prompt_tokens: int) -> None: ...
-    def ended(self, request_id: str) -> None: ...
-
-
-class FakeGpuHooks(Hooks):
-    """Drives tests/meters/fake_pynvml.FakeNvml with the requests actually sent."""
-
-    def __init__(self, fake: Any) -> None:
-        self._fake = fake
-        self._first: set[str] = set()
-
-    def started(self, request_id: str) -> None:
-        self._fake.request_started(request_id)
-
-    def token(self, request_id: str, prompt_tokens: int) -> None:
-        prompt = 0 if request_id in self._first else prompt_tokens
-        self._first.add(request_id)
-        self._fake.token(request_id, 1, prompt=prompt)
-
-    def ended(self, request_id: str) -> None:
-        self._fake.request_ended(request_id)
-
-
-async def send_chat(
-    client: Any,
-    *,
-    request_id: str,
-    phase: str,
-    prompt: str,
-    max_tokens: int,
-    hooks: Hooks,
-    clock: Callable[[], float] = time.monotonic,
-) -> RequestResult:
-    """One streamed chat request through the proxy, with usage asked for."""
-    result = RequestResult(request_id, phase, len(prompt), max_tokens)
-    body = {
-        "model": "random-llama-1b",
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    hooks.started(request_id)
-    result.start_s = clock()
-    try:
-        async with client.stream(
-            "POST", "/v1/chat/completions", json=body, headers={"x-request-id": request_id}
-        ) as response:
-            result.status = response.status_code
-            result.method_header = response.headers.get("x-footprint-method")
-            if response.status_code != 200:
-                result.error = (await response.aread()).decode(errors="replace")[:500]
-            else:
-                async for line in response.aiter_lines():
-                    chunks_before = result.chunks
-                    done = parse_sse_line(line, result, clock)
-                    if result.chunks > chunks_before:
-                        hooks.token(request_id, len(prompt) // 4)
-                    if done:
-                        break
-    except Exception as exc:  # recorded in the report: one failed request must not end the run
-        result.error = f"{type(exc).__name__}: {exc}"
-    result.end_s = clock()
-    hooks.ended(request_id)
-    return result
-
-
-def prompt_of(chars: int, seed: int) -> str:
-    words = ["energy", "carbon", "water", "token", "batch", "tick", "share", "idle", "grid"]
-    text = " ".join(words[(seed * 7 + i * 3) % len(words)] for i in range(chars // 5 + 1))
-    return text[:chars]
 
 
 class ProxyThread:
@@ -388,7 +324,10 @@ def open_nvml(args: argparse.Namespace) -> tuple[ModuleType, Hooks, dict[str, An
         sys.path.insert(0, str(ROOT))
         from tests.meters.fake_pynvml import FakeNvml
 
-        fake = FakeNvml(idle_w=60.0, w_per_request=40.0, j_per_token=0.02, j_per_prompt_token=0.002)
+        fake = FakeNvml(
+            idle_w=60.0, w_per_request=40.0, j_per_token=0.02, j_per_prompt_token=0.002,
+            update_s=0.0 if args.issue7 else 0.1,  # issue 19: as the H200's driver, 100 ms
+        )  # fmt: skip
         nvml, hooks = fake.module, FakeGpuHooks(fake)
     else:
         import pynvml
@@ -570,11 +509,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="CPU, tiny model, simulated counters, short phases"
     )
     parser.add_argument("--ready-timeout-s", type=float, default=240.0)
+    parser.add_argument(
+        "--issue7", action="store_true", help="the issue-7 phases (idle, sequential, concurrent)"
+    )
     args = parser.parse_args(argv)
     if args.dry_run:
         args.device, args.preset, args.fake_nvml, args.quick = "cpu", "tiny", True, True
         args.max_len = min(args.max_len, 1024)
     args.plan = Plan.quick() if args.quick else Plan()
+    args.plan19 = Plan19.quick() if args.quick else Plan19()
     args.proxy_port = free_port()
     args.workload_url = ""
     return args
@@ -588,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"plan": asdict(args.plan), "errors": []}
+    plan = asdict(args.plan) if args.issue7 else asdict(args.plan19)
+    report: dict[str, Any] = {"issue": 7 if args.issue7 else 19, "plan": plan, "errors": []}
     workload: subprocess.Popen[bytes] | None = None
     proxy: ProxyThread | None = None
     poller: CounterPoller | None = None
@@ -611,12 +555,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = httpx.get(f"{args.workload_url}/stats", timeout=5.0).json()["model"]
         report["model"] = model
         report["workload_ready_s"] = round(time.monotonic() - started, 1)
+        if not args.issue7:
+            from bench.gpu_run19 import run_issue19
+
+            report.update(run_issue19(args, nvml, hooks, gpu, model))
+            return 0
         accelerator = accelerator_name(gpu["name"])
         workdir = Path(tempfile.mkdtemp(prefix="gpu-validate-"))
         toml_path = workdir / "footprint.toml"
         toml_path.write_text(footprint_toml(
             port=args.proxy_port, upstream_url=f"{args.workload_url}/v1",
             db_path=workdir / "footprint.db", params_b=model["params_b"], accelerator=accelerator,
+            local=engine_attribution_available(),  # the workload serves /metrics since issue 19
         ))  # fmt: skip
         settings = load_settings(toml_path, environ={})
         app = create_app(settings, nvml=nvml if args.fake_nvml else None)
@@ -646,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workload.kill()
         report["total_s"] = round(time.monotonic() - started, 1)
         (out / "gpu_validate.json").write_text(json.dumps(report, indent=2, default=str))
-        print(format_table(report), flush=True)
+        table = format_table(report) if args.issue7 else format_checks(report)
+        print(table, flush=True)
     return 1 if report["errors"] else 0
 
 

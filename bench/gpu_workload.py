@@ -13,7 +13,11 @@ slot, so concurrent requests share the GPU step by step. Generation always runs 
 
 HTTP: `POST /v1/chat/completions` (streaming as SSE, one token per chunk, and
 `stream_options.include_usage`; or one JSON answer), `GET /v1/models`, `GET /stats` (steps and
-batch sizes, to show the batching happened). Run:
+batch sizes, to show the batching happened), and `GET /metrics`: vLLM's engine counters in
+Prometheus text format with vLLM's names and labels (`vllm:prompt_tokens_total`,
+`vllm:generation_tokens_total`, `vllm:num_requests_running`), updated at each engine step as
+vLLM's `PrometheusStatLogger` does, so Footprint attributes by engine activity in front of it
+exactly as in front of vLLM. Run:
 
     python bench/gpu_workload.py --preset llama-1b --device cuda --port 8000
 """
@@ -232,6 +236,11 @@ class EngineStats:
     prefill_tokens: int = 0
     batch_histogram: dict[int, int] = field(default_factory=dict)
     busy_s: float = 0.0
+    # vLLM's counters: prompt tokens count in the step that produced the request's first
+    # token (here, its prefill); every token produced, the first included, is a generation
+    # token; running is the requests holding a slot after the step.
+    generation_tokens: int = 0
+    running: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -314,6 +323,7 @@ class Engine:
         with self._stats_lock:
             self._stats.prefills += 1
             self._stats.prefill_tokens += len(ids)
+            self._stats.generation_tokens += 1
             self._stats.busy_s += time.perf_counter() - started
         results: list[tuple[Generation, int | None]] = [(generation, token)]
         if generation.generated >= generation.max_tokens:
@@ -321,6 +331,8 @@ class Engine:
             self._free_slots.append(generation.slot)
         else:
             self._active.append(generation)
+        with self._stats_lock:
+            self._stats.running = len(self._active)
         self._deliver(results)
 
     def _decode_step(self) -> None:
@@ -342,6 +354,7 @@ class Engine:
             with self._stats_lock:
                 self._stats.steps += 1
                 self._stats.decode_tokens += len(live)
+                self._stats.generation_tokens += len(live)
                 histogram = self._stats.batch_histogram
                 histogram[len(live)] = histogram.get(len(live), 0) + 1
                 self._stats.busy_s += time.perf_counter() - started
@@ -353,6 +366,8 @@ class Engine:
             else:
                 still.append(generation)
         self._active = still
+        with self._stats_lock:
+            self._stats.running = len(still)
         self._deliver(results)
 
 
@@ -377,6 +392,33 @@ def _messages_text(body: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+METRICS_CREATED_S = time.time()
+
+
+def vllm_metrics_text(stats: dict[str, Any], model_name: str) -> str:
+    """The engine counters as vLLM's `/metrics` shows them (prometheus_client text format:
+    a Counter `x` appears as `x_total` beside `x_created`; labels `engine`, `model_name`)."""
+    labels = f'{{engine="0",model_name="{model_name}"}}'
+    families = [
+        ("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
+         stats["running"]),
+        ("vllm:prompt_tokens", "counter", "Number of prefill tokens processed.",
+         stats["prefill_tokens"]),
+        ("vllm:generation_tokens", "counter", "Number of generation tokens processed.",
+         stats["generation_tokens"]),
+    ]  # fmt: skip
+    lines = []
+    for name, kind, help_text, value in families:
+        sample = f"{name}_total" if kind == "counter" else name
+        lines += [f"# HELP {sample} {help_text}", f"# TYPE {sample} {kind}"]
+        lines.append(f"{sample}{labels} {float(value)}")
+        if kind == "counter":
+            created = f"{name}_created"
+            lines += [f"# HELP {created} {help_text}", f"# TYPE {created} gauge"]
+            lines.append(f"{created}{labels} {METRICS_CREATED_S}")
+    return "\n".join(lines) + "\n"
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -392,7 +434,7 @@ def build_app(
 
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.routing import Route
 
     streams: dict[Generation, asyncio.Queue[int | None]] = {}
@@ -427,6 +469,13 @@ def build_app(
     async def stats(request: Request) -> JSONResponse:
         engine: Engine = holder["engine"]
         return JSONResponse({"model": model_info or {}, **engine.stats()})
+
+    async def metrics(request: Request) -> PlainTextResponse:
+        engine: Engine = holder["engine"]
+        return PlainTextResponse(
+            vllm_metrics_text(engine.stats(), model_name),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
 
     async def chat(request: Request) -> Any:
         engine: Engine = holder["engine"]
@@ -521,6 +570,7 @@ def build_app(
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/stats", stats, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -610,4 +660,5 @@ __all__ = [
     "build_app",
     "make_engine_factory",
     "prompt_ids",
+    "vllm_metrics_text",
 ]

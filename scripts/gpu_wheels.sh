@@ -51,6 +51,15 @@ PACKAGES=(
     opentelemetry-exporter-prometheus==0.66b2
     # the estimator's model catalogue
     ecologits==0.11.3
+    # the upstream client (proxy/transport.py: aiohttp's connection pool)
+    aiohttp==3.14.5
+    aiohappyeyeballs==2.7.1
+    aiosignal==1.4.0
+    attrs==26.1.0
+    frozenlist==1.8.0
+    multidict==7.2.1
+    propcache==0.5.4
+    yarl==1.25.1
 )
 
 PLATFORMS=()

@@ -5,6 +5,13 @@ Methodology §1: the source of truth is the cumulative counter
 GPUs without it integrate `nvmlDeviceGetPowerUsage` (milliwatts) over time. A counter that goes
 backwards (driver reload, device reset) is a reset: start again from the new value and fill that
 tick from power × time. Every NVML error becomes a `MeterError` here, through one table.
+
+`read_via="fields"` reads the same counter through `nvmlDeviceGetFieldValues` instead: one
+call per GPU returns both the energy (`NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION`, mJ) and the
+instantaneous power (`NVML_FI_DEV_POWER_INSTANT`, mW), where the default makes two calls (the
+counter, then `nvmlDeviceGetPowerUsage`). NVML's field call takes one device handle, so it is
+still one call per GPU, not one for all of them. The default stays `"energy"` until a run on a
+real GPU (bench/gpu_validate.py, issue 19) measures which costs less CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from meters.sources.base import EnergySample
 from meters.types import MeterError
@@ -40,6 +47,15 @@ NVML_ERROR_MESSAGES: dict[str, str] = {
 MJ_PER_J = 1000.0
 MW_PER_W = 1000.0
 
+# nvidia-ml-py's field ids and return codes (nvml.h), used when the module lacks the names.
+FI_TOTAL_ENERGY_CONSUMPTION = 83  # NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, unsigned long long mJ
+FI_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT, unsigned int mW
+NVML_SUCCESS = 0
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_INVALID_ARGUMENT = 2
+_FIELD_UNKNOWN = (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_INVALID_ARGUMENT)
+ReadVia = Literal["energy", "fields"]
+
 
 @dataclass(slots=True)
 class _GpuState:
@@ -53,6 +69,7 @@ class _GpuState:
     power_w: float | None = None
     last_time_s: float | None = None
     resets: int = 0
+    power_field: bool = True  # NVML_FI_DEV_POWER_INSTANT answers (fields mode)
 
 
 class NvmlSource:
@@ -71,9 +88,13 @@ class NvmlSource:
         *,
         nvml: ModuleType | None = None,
         clock: Callable[[], float] = time.monotonic,
+        read_via: ReadVia = "energy",
     ) -> None:
         if not gpus:
             raise ValueError("NvmlSource needs at least one GPU index")
+        if read_via not in ("energy", "fields"):
+            raise ValueError(f"unknown read_via {read_via!r} (energy or fields)")
+        self.read_via = read_via
         self._nvml = nvml
         self._clock = clock
         self._gpus = [_GpuState(index=int(i)) for i in gpus]
@@ -159,13 +180,16 @@ class NvmlSource:
 
     def _read_gpu(self, nvml: ModuleType, gpu: _GpuState, now_s: float) -> None:
         handle = self._handle(nvml, gpu)
-        raw_j: float | None = None
-        if gpu.has_counter:
-            try:
-                raw_j = nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / MJ_PER_J
-            except nvml.NVMLError_NotSupported:
-                gpu.has_counter = False  # pre-Volta: integrate power from now on
-        power_w = self._power_w(nvml, handle, required=raw_j is None)
+        if self.read_via == "fields" and gpu.has_counter:
+            raw_j, power_w = self._read_fields(nvml, handle, gpu)
+        else:
+            raw_j = None
+            if gpu.has_counter:
+                try:
+                    raw_j = nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / MJ_PER_J
+                except nvml.NVMLError_NotSupported:
+                    gpu.has_counter = False  # pre-Volta: integrate power from now on
+            power_w = self._power_w(nvml, handle, required=raw_j is None)
         dt_s = 0.0 if gpu.last_time_s is None else max(0.0, now_s - gpu.last_time_s)
         if raw_j is not None:
             if gpu.last_raw_j is None:
@@ -184,6 +208,42 @@ class NvmlSource:
             gpu.energy_j += self._fill_power_w(gpu, power_w) * dt_s
         gpu.power_w = power_w if power_w is not None else gpu.power_w
         gpu.last_time_s = now_s
+
+    def _read_fields(
+        self, nvml: ModuleType, handle: Any, gpu: _GpuState
+    ) -> tuple[float | None, float | None]:
+        """Energy (J) and power (W) of one GPU in one `nvmlDeviceGetFieldValues` call. A field
+        the GPU lacks answers NOT_SUPPORTED in its own return code: no counter means power
+        integration from then on; no instant power means `nvmlDeviceGetPowerUsage`."""
+        energy_id = getattr(
+            nvml, "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION", FI_TOTAL_ENERGY_CONSUMPTION
+        )
+        power_id = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", FI_POWER_INSTANT)
+        ids = [energy_id, power_id] if gpu.power_field else [energy_id]
+        values = nvml.nvmlDeviceGetFieldValues(handle, ids)
+        energy, power = values[0], values[1] if gpu.power_field else None
+        raw_j: float | None = None
+        if energy.nvmlReturn == NVML_SUCCESS:
+            raw_j = int(energy.value.ullVal) / MJ_PER_J
+        elif energy.nvmlReturn == NVML_ERROR_NOT_SUPPORTED:
+            gpu.has_counter = False  # pre-Volta: integrate power from now on
+        else:
+            raise self._field_error(gpu, "energy", int(energy.nvmlReturn))
+        power_w: float | None = None
+        if power is not None and power.nvmlReturn == NVML_SUCCESS:
+            power_w = int(power.value.uiVal) / MW_PER_W
+        elif power is not None and power.nvmlReturn not in _FIELD_UNKNOWN:
+            raise self._field_error(gpu, "power", int(power.nvmlReturn))
+        else:  # a driver older than the instant-power field answers NOT_SUPPORTED or INVALID
+            gpu.power_field = False
+            power_w = self._power_w(nvml, handle, required=raw_j is None)
+        return raw_j, power_w
+
+    @staticmethod
+    def _field_error(gpu: _GpuState, field: str, code: int) -> MeterError:
+        known = {15: "GPU is lost (fell off the bus or was reset)", 4: "no permission to read"}
+        what = known.get(code, f"NVML return code {code}")
+        return MeterError(f"nvml: GPU {gpu.index} {field} field: {what}")
 
     @staticmethod
     def _fill_power_w(gpu: _GpuState, power_w: float | None) -> float:

@@ -3,7 +3,9 @@
 This machine has no GPU. The fake stands at the import boundary: `FakeNvml(...).module` has the
 names `meters.sources.nvml` calls on nvidia-ml-py (`nvmlInit`, `nvmlShutdown`,
 `nvmlDeviceGetCount`, `nvmlDeviceGetHandleByIndex`, `nvmlDeviceGetName`,
-`nvmlDeviceGetTotalEnergyConsumption` in integer mJ, `nvmlDeviceGetPowerUsage` in mW) and the
+`nvmlDeviceGetTotalEnergyConsumption` in integer mJ, `nvmlDeviceGetPowerUsage` in mW,
+`nvmlDeviceGetFieldValues` for `NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION` / `NVML_FI_DEV_POWER_INSTANT`
+with nvidia-ml-py's `c_nvmlFieldValue_t` attributes and a return code per field) and the
 same `NVMLError` class family (`NVMLError_NotSupported`, `NVMLError_GpuIsLost`, …), so it is
 injected as `nvml=fake.module` wherever the real module would be.
 
@@ -33,7 +35,11 @@ Time comes from `clock` (default `time.monotonic`, the meter's default); tests t
 control pass a `ManualClock`. Faults: `reset_counter(gpu)`, `lose_gpu(gpu)` / `restore_gpu(gpu)`,
 `raise_on(function_name, error_class)` / `stop_raising()`, and `energy_counter=False` for a
 pre-Volta GPU (the counter call raises NotSupported; only power is readable). `reads` records
-every counter read the fake answered, as (time_s, gpu index, energy_mj).
+every counter read the fake answered, as (time_s, gpu index, energy_mj); `calls` counts calls
+per function name. `update_s` > 0 makes the counter move only every `update_s` seconds (the
+H200's driver publishes it every 100 ms), `power_field=False` a driver without the
+instantaneous-power field, and `field_errors[field_id] = code` a field that answers that NVML
+return code.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MJ_PER_J = 1000.0
+FI_TOTAL_ENERGY_CONSUMPTION = 83  # nvidia-ml-py's NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
+FI_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT
+VALUE_TYPE_UNSIGNED_INT = 1
+VALUE_TYPE_UNSIGNED_LONG_LONG = 3
 
 
 class ManualClock:
@@ -139,6 +149,28 @@ class _Handle:
 
 
 @dataclass
+class _Value:
+    """nvidia-ml-py's `c_nvmlValue_t` union, the members the fake fills."""
+
+    ullVal: int = 0  # the names are nvidia-ml-py's
+    uiVal: int = 0
+    dVal: float = 0.0
+
+
+@dataclass
+class FieldValue:
+    """One entry of what `nvmlDeviceGetFieldValues` returns (`c_nvmlFieldValue_t`)."""
+
+    fieldId: int
+    scopeId: int = 0
+    timestamp: int = 0  # µs since the epoch, when the driver took the value
+    latencyUsec: int = 0
+    valueType: int = VALUE_TYPE_UNSIGNED_LONG_LONG
+    nvmlReturn: int = 0
+    value: _Value = field(default_factory=_Value)
+
+
+@dataclass
 class FakeNvml:
     """Simulated GPUs behind a fake `pynvml` module (see the module docstring)."""
 
@@ -149,8 +181,12 @@ class FakeNvml:
     gpus: int = 1
     name: str = "NVIDIA H100 80GB HBM3"
     energy_counter: bool = True
+    power_field: bool = True
+    update_s: float = 0.0
     clock: Callable[[], float] = time.monotonic
     reads: list[tuple[float, int, int]] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    field_errors: dict[int, int] = field(default_factory=dict)  # field id -> NVML return code
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -160,6 +196,7 @@ class FakeNvml:
         self._gpus = [_Gpu() for _ in range(self.gpus)]
         self._raising: dict[str, type[NVMLError]] = {}
         self._initialised = 0
+        self._published: tuple[float, float] | None = None  # (time_s, J) the driver last showed
         self.module = self._build_module()
 
     # -- workload -------------------------------------------------------------------------
@@ -199,6 +236,13 @@ class FakeNvml:
             request = self._requests[request_id]
             own_j = request.dynamic_j(self.w_per_request, self._now_s)
             return (own_j + shares.get(request_id, 0.0)) * self.gpus
+
+    def dynamic_energy_j(self, request_id: str) -> float:
+        """The request's own energy above idle, summed over all GPUs: with the fake's additive
+        power model, exactly the energy the GPUs would not have drawn without it (marginal)."""
+        with self._lock:
+            self._advance()
+            return self._requests[request_id].dynamic_j(self.w_per_request, self._now_s) * self.gpus
 
     def true_idle_energy_j(self) -> float:
         """Energy drawn with no request in flight, summed over all GPUs."""
@@ -294,9 +338,20 @@ class FakeNvml:
         self._now_s = now_s
         self._add_energy((self.idle_w + self.w_per_request * self._active()) * dt_s)
 
+    def _counter_j(self) -> float:
+        """The total the driver shows now: current, or as of its last update (`update_s`)."""
+        if self.update_s <= 0:
+            return self._total_j
+        published = self._published
+        if published is None or self._now_s - published[0] >= self.update_s:
+            step_s = self._now_s - (self._now_s - self._created_s) % self.update_s
+            published = self._published = (step_s, self._total_j)
+        return published[1]
+
     # -- the fake module ------------------------------------------------------------------
 
     def _check(self, function_name: str, handle: _Handle | None = None) -> None:
+        self.calls[function_name] = self.calls.get(function_name, 0) + 1
         if function_name in self._raising:
             raise self._raising[function_name]()
         if self._initialised <= 0 and function_name != "nvmlInit":
@@ -345,10 +400,7 @@ class FakeNvml:
                 if not self.energy_counter:
                     raise ERROR_CLASSES["NVMLError_NotSupported"]()
                 self._advance()
-                gpu = self._gpus[handle.index]
-                energy_mj = int((self._total_j - gpu.counter_offset_j) * MJ_PER_J)
-                self.reads.append((self._now_s, handle.index, energy_mj))
-                return energy_mj
+                return self._energy_mj(handle.index)
 
         def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
             # Like the sensor: the mean power over the window since the previous reading.
@@ -365,6 +417,26 @@ class FakeNvml:
                 gpu.power_window_energy_j = 0.0
                 return round(gpu.last_power_w * 1000.0)
 
+        def nvmlDeviceGetFieldValues(handle: _Handle, field_ids: list[Any]) -> list[FieldValue]:
+            with self._lock:
+                self._check("nvmlDeviceGetFieldValues", handle)
+                self._advance()
+                values = []
+                for entry in field_ids:
+                    field_id, scope_id = entry if isinstance(entry, tuple) else (entry, 0)
+                    value = FieldValue(field_id, scope_id, timestamp=int(self._now_s * 1e6))
+                    if field_id in self.field_errors:
+                        value.nvmlReturn = self.field_errors[field_id]
+                    elif field_id == FI_TOTAL_ENERGY_CONSUMPTION and self.energy_counter:
+                        value.value.ullVal = self._energy_mj(handle.index)
+                    elif field_id == FI_POWER_INSTANT and self.power_field:
+                        value.valueType = VALUE_TYPE_UNSIGNED_INT
+                        value.value.uiVal = round(self._instant_power_w() * 1000.0)
+                    else:
+                        value.nvmlReturn = ERROR_CLASSES["NVMLError_NotSupported"].value
+                    values.append(value)
+                return values
+
         functions: dict[str, Any] = {
             "nvmlInit": nvmlInit,
             "nvmlShutdown": nvmlShutdown,
@@ -373,7 +445,25 @@ class FakeNvml:
             "nvmlDeviceGetName": nvmlDeviceGetName,
             "nvmlDeviceGetTotalEnergyConsumption": nvmlDeviceGetTotalEnergyConsumption,
             "nvmlDeviceGetPowerUsage": nvmlDeviceGetPowerUsage,
+            "nvmlDeviceGetFieldValues": nvmlDeviceGetFieldValues,
         }
         for function_name, function in functions.items():
             setattr(module, function_name, function)
+        module.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION = FI_TOTAL_ENERGY_CONSUMPTION  # type: ignore[attr-defined]
+        module.NVML_FI_DEV_POWER_INSTANT = FI_POWER_INSTANT  # type: ignore[attr-defined]
+        module.NVML_SUCCESS = 0  # type: ignore[attr-defined]
+        module.NVML_ERROR_NOT_SUPPORTED = ERROR_CLASSES["NVMLError_NotSupported"].value  # type: ignore[attr-defined]
         return module
+
+    def _energy_mj(self, index: int) -> int:
+        """GPU `index`'s counter as the driver shows it, in mJ (lock held); recorded in reads."""
+        energy_mj = int((self._counter_j() - self._gpus[index].counter_offset_j) * MJ_PER_J)
+        self.reads.append((self._now_s, index, energy_mj))
+        return energy_mj
+
+    def _instant_power_w(self) -> float:
+        """Power now: idle, the requests in flight, and the token work of the last 10 ms."""
+        recent_j = sum(
+            j for r in self._requests.values() for t, j in r.impulses if self._now_s - t < 0.01
+        )
+        return self.idle_w + self.w_per_request * self._active() + recent_j / 0.01

@@ -715,7 +715,7 @@ def run_profile(args: argparse.Namespace) -> int:
 COMPONENTS: list[tuple[str, str]] = [
     ("ledger (proxy/ledger, SQLAlchemy, aiosqlite)", r"proxy/ledger/|[(/]sqlalchemy/|aiosqlite"),
     ("telemetry (proxy/telemetry, OTel SDK)", r"proxy/telemetry|[(/]opentelemetry/"),
-    ("budgets (proxy/budgets.py)", r"proxy/budgets\.py"),
+    ("budgets and rate limits (proxy/budgets/)", r"proxy/budgets/"),
     ("auth (proxy/auth.py)", r"proxy/auth\.py"),
     ("meters (estimate, footprint, intensity)", r"[(/]meters/"),
     ("prompt/token counting (proxy/tokens.py)", r"proxy/tokens\.py"),

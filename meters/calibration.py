@@ -128,6 +128,14 @@ class Calibrations:
                 entry.fitted = True
             return entry.fit
 
+    def fitted(self) -> list[Calibration]:
+        """Every calibration that can be fitted now (enough samples that separate prompt from
+        output cost), most recently observed last."""
+        with self._lock:
+            keys = list(self._by_key)
+        found = (self.fit(model, accelerator) for model, accelerator in keys)
+        return [fit for fit in found if fit is not None]
+
 
 def _fit(
     model: str, accelerator: str, rows: list[tuple[float, float, float]]

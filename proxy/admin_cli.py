@@ -40,7 +40,8 @@ class CliError(Exception):
 
 
 def register_admin_commands(subparsers: Any) -> None:
-    """Add `teams`, `keys`, `budgets` and `report` to the `footprint` command."""
+    """Add `teams`, `keys`, `budgets`, `limits`, `upstreams` and `report` to the `footprint`
+    command."""
     teams = subparsers.add_parser("teams", help="create and list teams")
     teams_cmd = teams.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = teams_cmd.add_parser("create", help="create a team")
@@ -72,6 +73,24 @@ def register_admin_commands(subparsers: Any) -> None:
     p = budgets_cmd.add_parser("show", help="a team's budgets, used and remaining")
     p.add_argument("--team", required=True)
     _common(p, _budgets_show)
+
+    limits = subparsers.add_parser("limits", help="set and show rate limits per team or key")
+    limits_cmd = limits.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = limits_cmd.add_parser("set", help="set a team's (or one key's) rate limits")
+    p.add_argument("--team", required=True)
+    p.add_argument("--key-id", help="limit this key only (default: the whole team)")
+    p.add_argument("--rpm", type=int, help="requests per minute (omit: no limit)")
+    p.add_argument("--tpm", type=int, help="tokens per minute (omit: no limit)")
+    _common(p, _limits_set)
+    p = limits_cmd.add_parser("show", help="a team's rate limits")
+    p.add_argument("--team", required=True)
+    _common(p, _limits_show)
+
+    upstreams = subparsers.add_parser(
+        "upstreams", help="each upstream's health, in-flight count, J/token, intensity now"
+    )
+    upstreams.add_argument("--format", choices=["table", "json"], default="table")
+    _common(upstreams, _upstreams)
 
     report = subparsers.add_parser("report", help="usage sums over the ledger")
     report.add_argument("--group-by", default="team", help="any of team,model,upstream,day")
@@ -249,6 +268,60 @@ def _budgets_show(client: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits_set(client: httpx.Client, args: argparse.Namespace) -> int:
+    body = {
+        "team": args.team,
+        "key_id": args.key_id,
+        "requests_per_minute": args.rpm,
+        "tokens_per_minute": args.tpm,
+    }
+    line = _call(client, "PUT", "/admin/limits", json=body).json()
+    who = f"key {line['key_id']}" if line["key_id"] else f"team {line['team']}"
+    rpm, tpm = line["requests_per_minute"], line["tokens_per_minute"]
+    print(
+        f"rate limits for {who}: {rpm if rpm is not None else 'no limit'} requests/min, "
+        f"{tpm if tpm is not None else 'no limit'} tokens/min"
+    )
+    return 0
+
+
+def _limits_show(client: httpx.Client, args: argparse.Namespace) -> int:
+    lines = _call(client, "GET", "/admin/limits", params={"team": args.team}).json()["data"]
+    for line in lines:
+        line["key_id"] = line["key_id"] or "(team)"
+    print(render_table(lines, ["key_id", "requests_per_minute", "tokens_per_minute"]))
+    return 0
+
+
+UPSTREAM_COLUMNS = [
+    "name",
+    "zone",
+    "circuit",
+    "in_flight",
+    "max_concurrency",
+    "ttft_ms",
+    "j_per_output_token",
+    "gco2e_per_kwh",
+    "intensity_source",
+]
+
+
+def _upstreams(client: httpx.Client, args: argparse.Namespace) -> int:
+    data = _call(client, "GET", "/admin/upstreams").json()["data"]
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+        return 0
+    for row in data:
+        # The measured J per output token of the upstream's most recently fitted model.
+        fits = row.get("measured") or []
+        row["j_per_output_token"] = fits[-1]["j_per_output_token"] if fits else "-"
+        for column in ("ttft_ms", "gco2e_per_kwh"):
+            if row.get(column) is None:
+                row[column] = "-"
+    print(render_table(data, UPSTREAM_COLUMNS))
+    return 0
+
+
 def month_window(month: str) -> tuple[str, str]:
     try:
         start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
@@ -346,6 +419,9 @@ def _report(client: httpx.Client, args: argparse.Namespace) -> int:
         print(render_table([_account_row(a) for a in report["accounts"]], ACCOUNT_COLUMNS))
     for line in carbon_totals(report["totals"]):
         print(line)
+    avoided_g = float(report["totals"].get("co2e_avoided_g") or 0.0)
+    if avoided_g:
+        print(f"carbon avoided by routing (against the priority choice): {_num(avoided_g)} g CO2e")
     return 0
 
 

@@ -30,7 +30,7 @@ from meters.estimate import Estimator
 from meters.intensity import ElectricityMapsProvider, GridIntensity, IntensityTable, TableIntensity
 from meters.meter import build_meter
 from proxy.auth import Authenticator
-from proxy.budgets import open_budgets
+from proxy.budgets import open_budgets, open_rate_limits
 from proxy.config import Settings, UpstreamSettings
 from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
 from proxy.idle import IdleRecorder
@@ -40,9 +40,12 @@ from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import Relay
 from proxy.routes import health, openai, openapi
 from proxy.routes.admin import admin_router
+from proxy.routes.admin_limits import limits_router
+from proxy.routes.admin_upstreams import upstreams_router
 from proxy.routes.dashboard import dashboard_router
 from proxy.routes.footprint import footprint_router
 from proxy.routes.footprint_views import views_router
+from proxy.routing import CircuitBreaker, HealthChecks, UpstreamHealth
 from proxy.services import Services
 from proxy.upstreams import Upstream, UpstreamRouter, build_client
 from proxy.warmup import warm_up
@@ -116,6 +119,7 @@ def build_upstream(
         activity_url=activity_url(upstream),
         on_local=on_local,
     )
+    routing = settings.routing
     return Upstream(
         settings=upstream,
         client=build_client(upstream, transport),
@@ -128,6 +132,10 @@ def build_upstream(
         ),
         hardware=hardware,
         estimator=estimator,
+        calibrations=calibrations,
+        health=UpstreamHealth(
+            CircuitBreaker(routing.failure_threshold, routing.open_s), upstream.max_concurrency
+        ),
     )
 
 
@@ -177,12 +185,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        calibrations = Calibrations()
         upstreams = [
             build_upstream(
                 settings,
                 u,
-                calibrations,
+                # Each upstream's estimator is calibrated from its own measured traffic.
+                Calibrations(),
                 transport=(upstream_transports or {}).get(u.name),
                 nvml=nvml,
                 meter_transport=meter_transport,
@@ -202,6 +210,7 @@ def create_app(
             tel = build_telemetry(settings.telemetry, upstreams)
         elif tel is not None:
             tel.watch_upstreams(upstreams)
+        limits = open_rate_limits(budgets, ledger, settings.budgets.on_store_error)
         services = Services(
             settings=settings,
             router=router,
@@ -210,10 +219,14 @@ def create_app(
             ledger=ledger,
             intensity=intensity,
             telemetry=tel,
+            limits=limits,
         )
         relay = Relay(services)
         idle = IdleRecorder(services)
         idle_task = asyncio.get_running_loop().create_task(idle.run())
+        checks_task = asyncio.get_running_loop().create_task(
+            HealthChecks(settings.routing, upstreams).run()
+        )
         app.state.settings = settings
         app.state.services = services
         app.state.relay = relay
@@ -234,15 +247,17 @@ def create_app(
             yield
         finally:
             await relay.drain()
-            idle_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await idle_task
+            for task in (idle_task, checks_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 await idle.flush()
             except Exception:  # a ledger that is gone at shutdown; logged, nothing to retry
                 log.exception("idle energy could not be recorded at shutdown")
             await router.aclose()
             await budgets.aclose()
+            await limits.aclose()
             await ledger.aclose()
             if hasattr(intensity, "aclose"):
                 await intensity.aclose()
@@ -262,6 +277,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(openapi.router)
     app.include_router(admin_router)
+    app.include_router(upstreams_router)
+    app.include_router(limits_router)
     app.include_router(footprint_router)
     app.include_router(views_router)
     app.include_router(dashboard_router)

@@ -10,6 +10,7 @@ Unknown keys and impossible values stop the start with one line that names the k
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tomllib
 from collections.abc import Mapping
@@ -294,6 +295,8 @@ class UpstreamSettings(_Section):
     # Send the request id on as `x-request-id`. llama-cpp-python's server answers 400 to any
     # x-request-id that is not a UUID, so turn this off in front of it.
     forward_request_id: bool = True
+    # In-flight requests this upstream takes before a routing policy passes it over; 0: no limit.
+    max_concurrency: Annotated[int, Field(ge=0)] = 0
     meter: MeterSettings = Field(default_factory=MeterSettings)
     hardware: HardwareSettings = Field(default_factory=HardwareSettings)
     carbon: CarbonSettings = Field(default_factory=CarbonSettings)
@@ -339,6 +342,54 @@ class UpstreamSettings(_Section):
         return self
 
 
+RoutingPolicy = Literal["priority", "round-robin", "least-busy", "lowest-carbon"]
+
+
+class RoutingModelSettings(_Section):
+    """A policy for the models that `match` (a name, or a pattern like `llama-*`)."""
+
+    match: Annotated[str, Field(min_length=1)]
+    policy: RoutingPolicy
+
+
+class RoutingSettings(_Section):
+    """How a model served by several upstreams picks one, and how failures are handled."""
+
+    policy: RoutingPolicy = "priority"
+    # Tries across candidates before any byte reached the client (1: no retry).
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 2
+    # lowest-carbon: how much slower (observed time to first token) a greener upstream may
+    # be than the fastest candidate; 0: no guard.
+    max_extra_ttft_ms: Annotated[float, Field(ge=0)] = 0.0
+    models: list[RoutingModelSettings] = Field(default_factory=list)
+    # Circuit breaker: this many failures in a row open it; it half-opens after open_s.
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+    open_s: Annotated[float, Field(gt=0)] = 10.0
+    # Active health checks: GET base_url + health_path every health_interval_s; 0: off (and
+    # off with a single upstream).
+    health_interval_s: Annotated[float, Field(ge=0)] = 10.0
+    health_path: str = "/models"
+    health_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must start with '/': {value!r}")
+        return value
+
+    def policy_for(self, model: str) -> RoutingPolicy:
+        """The policy of the first `[[routing.models]]` entry that matches `model` (an exact
+        name before patterns), else the default."""
+        for entry in self.models:
+            if entry.match == model:
+                return entry.policy
+        for entry in self.models:
+            if fnmatch.fnmatchcase(model, entry.match):
+                return entry.policy
+        return self.policy
+
+
 class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -347,6 +398,7 @@ class Settings(_Section):
     intensity: IntensitySettings = Field(default_factory=IntensitySettings)
     metering: MeteringSettings = Field(default_factory=MeteringSettings)
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> Settings:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from proxy.budgets import Usage
 from proxy.config import Settings
+from proxy.routing import Planner
 
 if TYPE_CHECKING:
     from meters.intensity import GridIntensity
     from proxy.auth import Authenticator
-    from proxy.budgets import Budgets
+    from proxy.budgets import Budgets, RateLimits
     from proxy.ledger import Ledger
     from proxy.telemetry import Telemetry
     from proxy.upstreams import UpstreamRouter
@@ -28,3 +29,14 @@ class Services:
     ledger: Ledger
     intensity: GridIntensity
     telemetry: Telemetry | None = None  # None when telemetry is off
+    limits: RateLimits | None = None  # None: counted in-process, limits from the ledger
+    planner: Planner = field(init=False)
+    rate_limits: RateLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.planner = Planner(self.settings.routing, self.intensity)
+        if self.limits is None:
+            from proxy.budgets import LocalCounter, RateLimits
+
+            self.limits = RateLimits(self.ledger, LocalCounter())
+        self.rate_limits = self.limits

@@ -20,8 +20,10 @@ import httpx
 import orjson
 
 from meters import Hardware, RequestMeter, SiteFactors
+from meters.calibration import Calibrations
 from meters.estimate import Estimator
 from proxy.config import UpstreamSettings
+from proxy.routing._health import UpstreamHealth
 from proxy.transport import AiohttpTransport
 
 log = logging.getLogger("footprint.upstreams")
@@ -37,6 +39,10 @@ class Upstream:
     site: SiteFactors
     hardware: Hardware
     estimator: Estimator
+    # Circuit, in-flight count and time to first token, for routing.
+    health: UpstreamHealth = field(default_factory=UpstreamHealth)
+    # Fits of this upstream's own measured traffic (the estimator reads the same object).
+    calibrations: Calibrations = field(default_factory=Calibrations)
     _model_cache: tuple[float, list[dict[str, object]]] | None = field(default=None, repr=False)
     _post_urls: dict[str, httpx.URL] = field(default_factory=dict, repr=False)
     _post_base: tuple[dict[str, str], dict[str, object]] | None = field(default=None, repr=False)
@@ -193,29 +199,48 @@ def build_client(
     )
 
 
+# Distinct model names whose candidates are remembered (names come from clients).
+_MAX_REMEMBERED_MODELS = 4096
+
+
 class UpstreamRouter:
-    """model → upstream: exact names first (in configuration order), then patterns like `*`."""
+    """model → its candidates: every upstream that serves it, those naming it exactly first
+    (in configuration order), then those matching it by a pattern like `*`."""
 
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = list(upstreams)
-        self._exact: dict[str, Upstream] = {}
+        self._exact: dict[str, list[Upstream]] = {}
         # Patterns in configuration order, compiled once (fnmatchcase's own rules).
         self._patterns: list[tuple[Callable[[str], object], Upstream]] = []
         for upstream in self.upstreams:
             for name in upstream.settings.models:
                 if not _is_pattern(name):
-                    self._exact.setdefault(name, upstream)
+                    named = self._exact.setdefault(name, [])
+                    if upstream not in named:
+                        named.append(upstream)
                 else:
                     self._patterns.append((re.compile(fnmatch.translate(name)).match, upstream))
+        self._candidates: dict[str, tuple[Upstream, ...]] = {}
 
-    def route(self, model: str) -> Upstream | None:
-        found = self._exact.get(model)
+    def candidates(self, model: str) -> tuple[Upstream, ...]:
+        """Every upstream that serves `model`, in priority order (empty: none does)."""
+        found = self._candidates.get(model)
         if found is not None:
             return found
+        ordered = list(self._exact.get(model, ()))
         for matches, upstream in self._patterns:
-            if matches(model):
-                return upstream
-        return None
+            if upstream not in ordered and matches(model):
+                ordered.append(upstream)
+        found = tuple(ordered)
+        if len(self._candidates) >= _MAX_REMEMBERED_MODELS:
+            self._candidates.clear()
+        self._candidates[model] = found
+        return found
+
+    def route(self, model: str) -> Upstream | None:
+        """The first candidate for `model` (the `priority` policy's choice when all are well)."""
+        found = self.candidates(model)
+        return found[0] if found else None
 
     async def list_models(self) -> list[dict[str, object]]:
         """Models across every upstream; for a model served twice, the one that routes wins."""

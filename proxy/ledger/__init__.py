@@ -18,7 +18,7 @@ from proxy.ledger._records import (
     iso,
 )
 from proxy.ledger._series import BUCKETS, ORDER_FIELDS, SERIES_KEYS
-from proxy.ledger._store import AlreadyExists, Store, UnknownTeam
+from proxy.ledger._store import AlreadyExists, Store, UnknownKey, UnknownTeam
 from proxy.ledger._usage import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, usage_totals
 from proxy.ledger._writer import LedgerWriteError
 
@@ -43,6 +43,7 @@ __all__ = [
     "LedgerUnreachable",
     "LedgerWriteError",
     "Store",
+    "UnknownKey",
     "UnknownTeam",
     "as_utc",
     "check_reachable",

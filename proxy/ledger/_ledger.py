@@ -37,6 +37,17 @@ _TRACE_SUMS = (
 )
 
 
+# Figures summed per group in usage reports (issue 15 added the carbon routing avoided).
+_FIGURE_SUMS = (
+    "gpu_energy_j",
+    "energy_j",
+    "co2e_g",
+    "embodied_co2e_g",
+    "water_ml",
+    "co2e_avoided_g",
+)
+
+
 class Ledger(Store, SeriesQueries):
     """Request records and reports over them, plus (inherited from `Store`) the teams, keys
     and budget limits kept in the same database. Build with `open_ledger`."""
@@ -219,10 +230,7 @@ class Ledger(Store, SeriesQueries):
             func.count().label("requests"),
             func.coalesce(func.sum(requests.c.prompt_tokens), 0).label("prompt_tokens"),
             func.coalesce(func.sum(requests.c.completion_tokens), 0).label("completion_tokens"),
-            *(
-                func.coalesce(func.sum(getattr(requests.c, f)), 0.0).label(f)
-                for f in ("gpu_energy_j", "energy_j", "co2e_g", "embodied_co2e_g", "water_ml")
-            ),
+            *(func.coalesce(func.sum(getattr(requests.c, f)), 0.0).label(f) for f in _FIGURE_SUMS),
             # NULL where no row of the group has a market-based figure (SUM skips NULLs).
             func.sum(requests.c.co2e_market_g).label("co2e_market_g"),
             func.coalesce(
@@ -247,7 +255,7 @@ class Ledger(Store, SeriesQueries):
             row["prompt_tokens"] = int(row["prompt_tokens"])
             row["completion_tokens"] = int(row["completion_tokens"])
             row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
-            for f in ("gpu_energy_j", "energy_j", "co2e_g", "embodied_co2e_g", "water_ml"):
+            for f in _FIGURE_SUMS:
                 row[f] = float(row[f])
             row["market_energy_j"] = float(row["market_energy_j"])
         by_day = split_idle_by_day(intervals, start, end)

@@ -71,6 +71,11 @@ class LedgerRecord:
     residual_source: str | None = None
     # How a measured figure was split: "engine" or "local" (methodology §2b); None otherwise.
     attribution: str | None = None
+    # Revision 0006 (issue 15): the routing decision (JSON: policy, upstream, candidates, attempts,
+    # reason, expected and worst gCO2e, the priority choice) where a policy chose among
+    # several upstreams, and the carbon it avoided against the priority choice.
+    route: str | None = None
+    co2e_avoided_g: float | None = None
 
     def to_row(self) -> dict[str, Any]:
         # A shallow copy: every field is an immutable scalar, and `asdict`'s deep copy costs
@@ -153,6 +158,7 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
     out["created_at"] = iso(row["created_at"])
     for flag in ("stream", "cancelled", "tokens_counted"):
         out[flag] = bool(row[flag])
-    if isinstance(out.get("ranges"), str):
-        out["ranges"] = json.loads(out["ranges"])
+    for member in ("ranges", "route"):
+        if isinstance(out.get(member), str):
+            out[member] = json.loads(out[member])
     return out

@@ -79,6 +79,10 @@ requests = Table(
     Column("residual_source", String(200)),
     # "engine" | "local": how a measured figure was split (methodology §2b); null otherwise.
     Column("attribution", String(8)),
+    # Revision 0006 (issue 15): the routing decision as JSON, and the carbon it avoided against
+    # the priority choice (NULL where no policy chose among several upstreams).
+    Column("route", Text),
+    Column("co2e_avoided_g", Float),
 )
 Index("ix_requests_team_created_at", requests.c.team, requests.c.created_at)
 Index("ix_requests_created_at", requests.c.created_at)
@@ -155,5 +159,16 @@ budgets = Table(
     Column("metric", String(16), primary_key=True),
     Column("period", String(8), primary_key=True),
     Column("limit_value", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Rate limits per team (key_id "") or per key (revision 0006, issue 15); NULL: no limit on it.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("team", String(64), ForeignKey("teams.name"), primary_key=True),
+    Column("key_id", String(40), primary_key=True),
+    Column("requests_per_minute", Integer),
+    Column("tokens_per_minute", Integer),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

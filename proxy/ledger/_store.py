@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.ledger._records import METRICS, as_utc, iso
-from proxy.ledger._schema import api_keys, budgets, requests, teams
+from proxy.ledger._schema import api_keys, budgets, rate_limits, requests, teams
 
 
 class AlreadyExists(Exception):
@@ -27,6 +27,10 @@ class AlreadyExists(Exception):
 
 class UnknownTeam(Exception):
     """No team with that name."""
+
+
+class UnknownKey(Exception):
+    """No key with that id in that team."""
 
 
 class Store:
@@ -185,6 +189,59 @@ class Store:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [(r.metric, r.period, float(r.limit_value)) for r in rows]
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    async def put_rate_limit(
+        self,
+        team: str,
+        key_id: str | None,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+    ) -> None:
+        """Set `team`'s limits (`key_id` None) or one of its keys'; None: no limit on it.
+        Raises `UnknownTeam`, or `UnknownKey` for a key that is not the team's."""
+        now = datetime.now(UTC)
+        values = {
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "updated_at": now,
+        }
+        async with self._engine.begin() as conn:
+            exists = (await conn.execute(select(teams.c.name).where(teams.c.name == team))).first()
+            if exists is None:
+                raise UnknownTeam(team)
+            if key_id is not None:
+                owned = (
+                    await conn.execute(
+                        select(api_keys.c.id).where(
+                            api_keys.c.id == key_id, api_keys.c.team == team
+                        )
+                    )
+                ).first()
+                if owned is None:
+                    raise UnknownKey(key_id)
+            where = and_(rate_limits.c.team == team, rate_limits.c.key_id == (key_id or ""))
+            changed = await conn.execute(update(rate_limits).where(where).values(**values))
+            if changed.rowcount == 0:
+                await conn.execute(
+                    insert(rate_limits).values(team=team, key_id=key_id or "", **values)
+                )
+
+    async def list_rate_limits(self, team: str) -> list[tuple[str | None, int | None, int | None]]:
+        """(key id or None for the team, requests per minute, tokens per minute) of `team`."""
+        query = (
+            select(
+                rate_limits.c.key_id,
+                rate_limits.c.requests_per_minute,
+                rate_limits.c.tokens_per_minute,
+            )
+            .where(rate_limits.c.team == team)
+            .order_by(rate_limits.c.key_id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(r.key_id or None, r.requests_per_minute, r.tokens_per_minute) for r in rows]
 
     async def spent(self, team: str, since: datetime | None) -> dict[str, float]:
         """What `team`'s ledger rows since `since` (None: ever) add up to, per budget metric.

@@ -27,6 +27,7 @@ SUM_FIELDS = (
     "co2e_g",
     "embodied_co2e_g",
     "water_ml",
+    "co2e_avoided_g",  # by routing, against the priority choice (0 where nothing was weighed)
 )
 IDLE_FIELDS = ("idle_gpu_energy_j", "idle_energy_j", "idle_co2e_g", "idle_water_ml")
 # Market-based carbon (issue 18), beside `co2e_g`: its sum over the rows that have one (None
@@ -156,6 +157,8 @@ def usage_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "energy_j": sum(float(r["energy_j"]) for r in rows),
         "co2e_g": sum(float(r["co2e_g"]) for r in rows),
         "embodied_co2e_g": sum(float(r["embodied_co2e_g"]) for r in rows),
+        # Carbon the routing policies avoided against the priority choice (issue 15).
+        "co2e_avoided_g": sum(float(r.get("co2e_avoided_g") or 0.0) for r in rows),
         "co2e_market_g": None,
         "market_energy_j": 0.0,
     }

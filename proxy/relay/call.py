@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from proxy.upstreams import Upstream
 
 if TYPE_CHECKING:
+    from proxy.budgets import Admission
+    from proxy.relay.attempts import Attempts
     from proxy.relay.facts import Endpoint
     from proxy.telemetry import RequestTelemetry
 
@@ -58,11 +60,13 @@ class Call:
 
     __slots__ = (
         "asked",
+        "attempts",
         "claimed",
         "client_id",
         "key_id",
         "meter_closed",
         "model",
+        "rate",
         "received_at",
         "request_id",
         "settled",
@@ -91,9 +95,11 @@ class Call:
         self.trace_id: str | None = None  # written by telemetry's `begin`
         self.telemetry: RequestTelemetry | None = None
         self.settled = False  # the budget reservation has been settled
+        self.attempts: Attempts | None = None  # set once routed: the route plan and its tries
         self.client_id = False  # the request id is the client's own x-request-id
         self.claimed = False  # that id is claimed as in flight (see Budgets.claim)
         self.meter_closed = False
+        self.rate: Admission | None = None  # the rate limits it was admitted under, if any
 
     def need(self) -> Asked:
         """`asked`, for the steps that run only after routing."""
@@ -150,3 +156,9 @@ class Call:
     @property
     def finish_reasons(self) -> list[str]:
         return self.tally.finish_reasons
+
+    @property
+    def route_attributes(self) -> dict[str, object]:
+        """The routing decision's span attributes; empty where no policy chose."""
+        attempts = self.attempts
+        return attempts.span_attributes() if attempts is not None else {}

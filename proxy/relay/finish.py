@@ -15,9 +15,11 @@ import httpx
 
 from meters import Footprint, Measurement, MeterError, RequestTrack
 from meters.footprint import compute_footprint, footprint_json, format_decimal
+from meters.numbers import dumps_plain
 from proxy.budgets import Reservation, Usage
 from proxy.errors import ProxyError
 from proxy.ledger import LedgerRecord, figure_columns
+from proxy.relay.attempts import RoutedTrack
 from proxy.relay.call import Call
 from proxy.relay.embeddings import embeddings_measurement, needs_derivation
 from proxy.relay.send import send
@@ -103,6 +105,9 @@ class Finisher:
         be sent is finished, and its error raised."""
         sent = time.perf_counter()
         try:
+            if call.attempts is not None and isinstance(track, RoutedTrack):
+                # Routing's seam: fallbacks to the next candidate before the answer begins.
+                return await call.attempts.send(track, upstream_request), sent
             return await send(call.need().upstream, upstream_request), sent
         except ProxyError as error:
             call.tally.upstream_s = time.perf_counter() - sent
@@ -217,7 +222,21 @@ def ledger_record(call: Call, footprint: Footprint, duration_s: float) -> Ledger
         trace_id=call.trace_id,
         duration_ms=duration_s * 1000.0,
         overhead_ms=tally.overhead_ms,
+        **route_columns(call, footprint),
     )
+
+
+def route_columns(call: Call, footprint: Footprint) -> dict[str, Any]:
+    """The routing decision's columns (revision 0006): its record as JSON, and the carbon it
+    avoided against the `priority` choice; empty where no policy chose."""
+    attempts = call.attempts
+    record = attempts.record() if attempts is not None else None
+    if attempts is None or record is None:
+        return {}
+    return {
+        "route": dumps_plain(record),
+        "co2e_avoided_g": attempts.co2e_avoided_g(footprint),
+    }
 
 
 def footprint_object(call: Call, footprint: Footprint) -> dict[str, object]:
@@ -231,6 +250,8 @@ def footprint_object(call: Call, footprint: Footprint) -> dict[str, object]:
         obj["tokens_counted"] = True
     if tally.cancelled:
         obj["cancelled"] = True
+    if call.attempts is not None and call.attempts.plan.chose:
+        obj["route"] = call.attempts.member()
     return obj
 
 

@@ -3,10 +3,12 @@ entry, routed, its worst case reserved, then relayed whole or streamed."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ from proxy.errors import (
 )
 from proxy.ledger import unavailable as ledger_unavailable
 from proxy.relay import checks, send
+from proxy.relay.attempts import Attempts
 from proxy.relay.call import Asked, Call
 from proxy.relay.embeddings import embeddings_measurement
 from proxy.relay.endpoints import ENDPOINTS
@@ -72,15 +75,20 @@ class Relay:
         try:
             if own_id and not call.client_id:
                 checks.check_request_id(own_id)  # raises: say why the id was refused
-            return await self._handle(request, call)
+            response = await self._handle(request, call)
         except ProxyError as error:
-            return self._refusal(call, error)
+            response = self._refusal(call, error)
         except Exception as exc:
             if ledger_unavailable(exc):
                 log.error("request %s: ledger unavailable: %r", call.request_id, exc)
-                return self._refusal(call, ServiceUnavailable("the ledger is unavailable"))
-            log.exception("request %s: unexpected error", call.request_id)
-            return self._refusal(call, ProxyError("internal error in the proxy"))
+                response = self._refusal(call, ServiceUnavailable("the ledger is unavailable"))
+            else:
+                log.exception("request %s: unexpected error", call.request_id)
+                response = self._refusal(call, ProxyError("internal error in the proxy"))
+        if call.rate is not None:
+            # A limited key's every answer says where it stands (OpenAI's x-ratelimit-*).
+            response.headers.update(call.rate.headers())
+        return response
 
     def _refusal(self, call: Call, error: ProxyError) -> Response:
         call.tally.status = error.status_code
@@ -95,12 +103,17 @@ class Relay:
         asked = call.need()
         budgets = self.services.budgets
         try:
+            call.rate = await self.services.rate_limits.admit(
+                call.team, call.key_id, approx_tokens(asked.prompt_text) + asked.max_tokens
+            )
             if call.client_id:
                 await self._claim(call)
             reservation = await budgets.reserve(
                 call.team, await self._worst_case(call), call.request_id
             )
         except BaseException:
+            if call.attempts is not None:
+                call.attempts.release()
             await self.finisher.unclaim(call)
             raise
         track: RequestTrack | None = None
@@ -108,17 +121,34 @@ class Relay:
             # What was checked is what is sent: the parsed body, serialized again (a body
             # with a key twice was checked by its last value; its raw bytes could say
             # otherwise to an upstream that reads the first).
-            upstream_request = self._upstream_request(request, call, orjson.dumps(body))
-            track = asked.upstream.meter.open(call.request_id, asked.model)
+            content = orjson.dumps(body)
+            upstream_request = self._upstream_request(request, call, content)
+            track = self._track(request, call, content)
             relay = relay_stream if asked.stream else relay_whole
             return await relay(self.finisher, call, track, upstream_request, reservation)
         except BaseException:
             if track is not None:
                 await self.finisher.abandon(call, track)
+            if call.attempts is not None and not call.settled:
+                call.attempts.release()
             if not call.settled:
                 await budgets.release(reservation)
             await self.finisher.unclaim(call)
             raise
+
+    def _track(self, request: Request, call: Call, content: bytes) -> RequestTrack:
+        """The request's meter track; with several candidates, one that follows the request
+        to the next candidate when an attempt fails before the answer begins."""
+        attempts, asked = call.attempts, call.need()
+        if attempts is None:
+            return asked.upstream.meter.open(call.request_id, asked.model)
+
+        def request_for(upstream: Upstream) -> httpx.Request:
+            call.asked = dataclasses.replace(call.need(), upstream=upstream)
+            return self._upstream_request(request, call, content)
+
+        attempts.request_for = request_for
+        return attempts.track(call.request_id, asked.model)
 
     async def _claim(self, call: Call) -> None:
         """The client's own request id, unique: not in flight on any replica, not recorded."""
@@ -144,35 +174,45 @@ class Relay:
         call.model = model
         if not principal.may_use(model):
             raise PermissionDenied(f"this key may not use model {model!r}", param="model")
-        upstream = self._route(model, body, call.team)
-        if upstream is None:
+        candidates = self._route(model, body, call.team)
+        if not candidates:
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         stream = spec.streams and body.get("stream") is True
         default_cap = self.settings.budgets.default_max_tokens
+        prompt_text = spec.prompt_text(body)
+        max_tokens = checks.max_tokens(body, default_cap, *spec.cap_fields) if spec.generates else 0
+        plan = None
+        upstream = candidates[0]
+        if len(candidates) > 1:
+            plan = await services.planner.plan(
+                model, candidates, approx_tokens(prompt_text), max_tokens
+            )
+            upstream = plan.upstreams[0]
         call.asked = Asked(
             model=model,
             upstream=upstream,
             stream=stream,
             client_wants_usage=spec.prepare_stream(body) if stream else False,
-            prompt_text=spec.prompt_text(body),
-            max_tokens=checks.max_tokens(body, default_cap, *spec.cap_fields)
-            if spec.generates
-            else 0,
+            prompt_text=prompt_text,
+            max_tokens=max_tokens,
             choices=checks.choices(body),
         )
+        if plan is not None:
+            # Holds an in-flight slot on the chosen upstream from here on.
+            call.attempts = Attempts(plan, self.settings.routing.max_attempts)
         return body
 
-    def _route(self, model: str, body: dict[str, Any], team: str) -> Upstream | None:
-        """The upstream for `model`; for a response that continues another, the upstream
-        that holds the earlier one, if it serves the model."""
+    def _route(self, model: str, body: dict[str, Any], team: str) -> Sequence[Upstream]:
+        """The candidates for `model`, in priority order; for a response that continues
+        another, only the upstream that holds the earlier one, if it serves the model."""
         previous = body.get("previous_response_id")
         if isinstance(previous, str):
             holder = self.stored.upstream_of(previous, team)
             if holder is not None and (
                 holder.serves_exactly(model) or holder.serves_by_pattern(model)
             ):
-                return holder
-        return self.services.router.route(model)
+                return (holder,)
+        return self.services.router.candidates(model)
 
     def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
         asked = call.need()

@@ -40,6 +40,8 @@ async def readyz(request: Request) -> JSONResponse:
             u.name: ("ok" if ok else "unreachable")
             for u, ok in zip(upstreams, upstream_ok, strict=True)
         },
+        # Each upstream's circuit breaker and in-flight count, as routing sees them.
+        "routing": {u.name: u.health.as_json() for u in upstreams},
     }
     ready = ledger_ok and budgets_ok and (not upstreams or any(upstream_ok))
     body["status"] = "ready" if ready else "not ready"

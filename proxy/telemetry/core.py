@@ -82,6 +82,8 @@ class TracedCall(Protocol):
     def response_model(self) -> str | None: ...
     @property
     def finish_reasons(self) -> Sequence[str]: ...
+    @property
+    def route_attributes(self) -> Mapping[str, Any]: ...
 
 
 class RequestTelemetry:
@@ -97,6 +99,10 @@ class RequestTelemetry:
         self.server_span = server_span
         self.client_span: Any = None
         self.done = False
+
+
+# footprint.upstream.circuit_state's values.
+_CIRCUIT_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 
 class Telemetry:
@@ -221,6 +227,18 @@ class Telemetry:
             description="Energy consumed by the component",
         )
         meter.create_observable_gauge(
+            "footprint.upstream.circuit_state",
+            callbacks=[self._observe_circuits],
+            unit="1",
+            description="Circuit breaker per upstream: 0 closed, 1 half-open, 2 open",
+        )
+        meter.create_observable_gauge(
+            "footprint.upstream.in_flight",
+            callbacks=[self._observe_in_flight],
+            unit="{request}",
+            description="Requests in flight per upstream (routing's count)",
+        )
+        meter.create_observable_gauge(
             "hw.power",
             callbacks=[self._observe_gpu_power],
             unit="W",
@@ -343,6 +361,7 @@ class Telemetry:
                 attributes[n.FOOTPRINT_CANCELLED] = True
             if error_type is not None:
                 attributes[n.ERROR_TYPE] = error_type
+            attributes.update(call.route_attributes)
             client.set_attributes(attributes)
             if error_type is not None:
                 client.set_status(Status(StatusCode.ERROR, error_type))
@@ -476,6 +495,19 @@ class Telemetry:
                 continue
             if value is not None:
                 yield Observation(float(value), {n.UPSTREAM: upstream.name})
+
+    def _observe_circuits(self, options: CallbackOptions) -> Iterable[Observation]:
+        for upstream in self._upstreams:
+            health = getattr(upstream, "health", None)
+            if health is not None:
+                state = _CIRCUIT_VALUES[health.breaker.state]
+                yield Observation(state, {n.UPSTREAM: upstream.name})
+
+    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        for upstream in self._upstreams:
+            health = getattr(upstream, "health", None)
+            if health is not None:
+                yield Observation(health.in_flight, {n.UPSTREAM: upstream.name})
 
     def _gpu_readings(self) -> Iterable[tuple[Any, Any]]:
         for upstream in self._upstreams:

@@ -41,6 +41,13 @@ FOOTPRINT_REQUEST_ID = "footprint.request_id"
 FOOTPRINT_UPSTREAM = "footprint.upstream"
 FOOTPRINT_CANCELLED = "footprint.cancelled"
 FOOTPRINT_STREAM = "footprint.stream"
+# The routing decision, where a policy chose among several upstreams (issue 15).
+FOOTPRINT_ROUTE_POLICY = "footprint.route.policy"
+FOOTPRINT_ROUTE_CANDIDATES = "footprint.route.candidates"
+FOOTPRINT_ROUTE_ATTEMPTS = "footprint.route.attempts"
+FOOTPRINT_ROUTE_REASON = "footprint.route.reason"
+FOOTPRINT_ROUTE_EXPECTED_CO2E_G = "footprint.route.expected_co2e_g"
+FOOTPRINT_ROUTE_WORST_CO2E_G = "footprint.route.worst_co2e_g"
 
 # ---- metrics -------------------------------------------------------------------------------
 

@@ -175,3 +175,14 @@ def test_a_calibration_lets_an_unknown_model_be_estimated() -> None:
 def test_calibration_prediction() -> None:
     fit = Calibration(MODEL, ACCEL, j_per_output_token=0.2, alpha=0.1, samples=30, rms_error_j=0)
     assert fit.gpu_energy_j(1000, 100) == pytest.approx(0.2 * (100 + 100))
+
+
+def test_fitted_lists_every_key_with_a_fit() -> None:
+    calibrations = Calibrations(min_samples=2)
+    for prompt, output in ((100, 50), (20, 200)):
+        calibrations.observe("a", "H100", prompt, output, 2.0 * (0.1 * prompt + output))
+    calibrations.observe("b", "H100", 10, 10, 1.0)  # one sample: no fit yet
+    fits = calibrations.fitted()
+    assert [(f.model, f.accelerator) for f in fits] == [("a", "H100")]
+    assert fits[0].j_per_output_token == pytest.approx(2.0)
+    assert fits[0].alpha == pytest.approx(0.1)

@@ -70,6 +70,7 @@ class FakeCall:
     max_tokens: int = 0
     response_model: str | None = None
     finish_reasons: list[str] = field(default_factory=list)
+    route_attributes: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeMeter:

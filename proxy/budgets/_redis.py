@@ -25,9 +25,9 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proxy.budgets import (
+from proxy.budgets._budgets import (
     METRICS,
     BudgetLine,
     BudgetStore,
@@ -37,6 +37,9 @@ from proxy.budgets import (
     period_key,
     period_starts,
 )
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("footprint.budgets")
 
@@ -467,6 +470,11 @@ class RedisBackend:
             await self._redis.ping()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(repr(exc)) from exc
+
+    @property
+    def redis(self) -> Redis:
+        """The client this backend counts in (rate limits count there too)."""
+        return self._redis
 
     async def aclose(self) -> None:
         if self._renewer is not None:

@@ -23,11 +23,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meters.numbers import format_decimal
 from proxy.config import BudgetSettings
 from proxy.errors import BudgetExceeded, InvalidRequest, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("footprint.budgets")
 
@@ -177,6 +180,11 @@ async def spent_since_period_starts(
 
 
 class _Backend(Protocol):
+    @property
+    def redis(self) -> Redis | None:
+        """The Redis client the backend counts in (None in-process); rate limits too."""
+        ...
+
     async def reserve(
         self, team: str, request_id: str, worst: Usage, day: str, month: str
     ) -> tuple[bool, list[BudgetLine]]: ...
@@ -237,6 +245,10 @@ class LocalBackend:
         self._teams: dict[str, _TeamState] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._claims: dict[str, str] = {}  # request ids in flight -> team
+
+    @property
+    def redis(self) -> Redis | None:
+        return None  # counted in this process
 
     async def _state(self, team: str, day: str, month: str) -> _TeamState:
         state = self._teams.get(team)
@@ -380,6 +392,11 @@ class Budgets:
         self.store_errors = 0
         self._pending: deque[_Pending] = deque()
         self._reconciling = asyncio.Lock()
+
+    @property
+    def redis(self) -> Redis | None:
+        """The Redis client budgets count in (None in-process), shared with rate limits."""
+        return self._backend.redis
 
     @property
     def pending_reconciliations(self) -> int:
@@ -564,7 +581,7 @@ async def open_budgets(
     need not be up yet: `on_store_error` governs requests until it is."""
     backend: _Backend
     if settings.redis_url:
-        from proxy.budgets_redis import RedisBackend
+        from proxy.budgets._redis import RedisBackend
 
         backend = RedisBackend(
             store,

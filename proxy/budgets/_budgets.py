@@ -503,18 +503,19 @@ class Budgets:
         when = self._clock() if recorded_s is None else recorded_s
         self._pending.append(_Pending(reservation, actual, when))
 
-    async def reconcile(self) -> int:
+    async def reconcile(self, *, ask_now: bool = False) -> int:
         """Apply settlements made while the store was down, one caller at a time (each entry
         is taken off the queue before it is sent, and put back first if the store fails).
         Settling is idempotent per request id, so an entry sent twice counts once. Returns
-        how many were applied."""
+        how many were applied. `ask_now`: try the store even if it failed moments ago."""
         applied = 0
         async with self._reconciling:
             while self._pending:
                 entry = self._pending.popleft()
                 r = entry.reservation
                 try:
-                    self._check_store()
+                    if not ask_now:
+                        self._check_store()
                     await self._backend.settle(r, entry.actual, entry.recorded_s)
                 except StoreUnavailable as exc:
                     self._pending.appendleft(entry)
@@ -544,6 +545,10 @@ class Budgets:
         """Every budget of `team` with what is used, reserved and left in the current period."""
         day, month = _period_keys(self._clock())
         try:
+            if self._pending:
+                # What this replica recorded while the store was down counts in what it
+                # reports: a status read after an outage, with no request since, is not stale.
+                await self.reconcile(ask_now=True)
             return await self._backend.lines(team, day, month)
         except StoreUnavailable as exc:
             self._store_failed("status", exc)

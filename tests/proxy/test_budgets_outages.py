@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.budgets import Budgets, Usage, open_budgets
+from proxy.budgets import Budgets, StoreUnavailable, Usage, open_budgets
 from proxy.config import BudgetSettings, LedgerSettings
 from proxy.errors import BudgetExceeded
 from proxy.ledger import Ledger, open_ledger
@@ -102,6 +102,25 @@ async def test_settlements_queued_in_an_outage_are_applied_once_by_racing_reques
     rows = await ledger.count_requests()
     assert rows == 39
     assert await _used_requests(budgets) == rows
+
+
+async def test_a_status_read_after_an_outage_counts_what_was_settled_during_it(
+    ledger: Ledger,
+    private_redis: PrivateRedis,
+    budgets_on: Callable[[str], Awaitable[Budgets]],
+) -> None:
+    """No request after Redis came back: the status (what /admin/budgets shows) still counts
+    the settlements queued while it was down, even if the store failed moments ago."""
+    budgets = await budgets_on("allow")
+    await _serve(budgets, ledger, "before")
+    private_redis.stop()
+    await _serve(budgets, ledger, "during")
+    assert budgets.pending_reconciliations == 1
+    private_redis.start()
+    budgets._store_retry_s = 60.0  # the store "failed moments ago" for as long as the test runs
+    budgets._store_failed("test", StoreUnavailable("down moments ago"))
+    assert await _used_requests(budgets) == await ledger.count_requests() == 2
+    assert budgets.pending_reconciliations == 0
 
 
 async def test_a_settlement_whose_reply_was_lost_is_not_counted_twice(

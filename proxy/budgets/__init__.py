@@ -2,9 +2,10 @@
 request is relayed and counted after, in-process on one replica or atomically in Redis across
 several. Private modules behind this one face, as `proxy/ledger/` is:
 
+- `_facts`: the budget metrics (`METRICS`, defined once: the Redis scripts and the ledger's
+  sums loop over it), periods, `Usage`, `Reservation`, `BudgetLine`, the period arithmetic.
 - `_budgets`: `Budgets` (reserve the worst case, settle to the real figure, release), the
-  budget metrics (`METRICS`, defined once: the Redis scripts and the ledger's sums loop over
-  it), `Usage`, `Reservation`, `BudgetLine`, the in-process backend and `open_budgets`.
+  in-process backend and `open_budgets`.
 - `_redis`: the Redis backend (Lua scripts, generations, idempotent settles, rebuilds).
 - `_limits`: rate limits per team and per key (`RateLimits`: requests and tokens per minute,
   one fixed-window counter in-process or one Lua script on the same Redis), `RateLimited`
@@ -12,18 +13,20 @@ several. Private modules behind this one face, as `proxy/ledger/` is:
 """
 
 from proxy.budgets._budgets import (
+    Budgets,
+    LocalBackend,
+    open_budgets,
+)
+from proxy.budgets._facts import (
     HEADER_PREFIX,
     METRICS,
     PERIODS,
     BudgetLine,
-    Budgets,
     BudgetStore,
-    LocalBackend,
     Reservation,
     StoreUnavailable,
     Usage,
     header_metric,
-    open_budgets,
     period_key,
     period_starts,
     plain_decimal,

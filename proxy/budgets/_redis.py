@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from proxy.budgets._budgets import (
+from proxy.budgets._facts import (
     METRICS,
     BudgetLine,
     BudgetStore,

@@ -57,8 +57,11 @@ MAX_DEFERRED_S = 2.0
 # A tick's unclaimed engine work waits this many ticks before it is other traffic: a token the
 # engine counted at a tick's end reaches the proxy a few milliseconds later, in the next tick.
 GRACE_TICKS = 3
-# Tokens seen this soon after a tick closed may be ones the engine counted in it.
+# Tokens seen this soon after a tick closed may be ones the engine counted in it: at least
+# LAG_WINDOW_S, and up to half a tick on longer ticks (a loaded host's relay lags by tens of
+# milliseconds, which a fixed 50 ms misses on a 0.25 s tick and then books as other traffic).
 LAG_WINDOW_S = 0.05
+LAG_WINDOW_TICKS = 0.5
 
 
 @dataclass(slots=True)
@@ -116,6 +119,7 @@ class Attributor:
         self.alpha = alpha
         self._requests: dict[str, _InFlight] = {}
         self._last_time_s: float | None = None
+        self._last_tick_s = 0.0  # the length of the last tick closed
         self._last_energy_j: float | None = None
         self._engine_weight: float | None = None  # cumulative engine weight at the last tick
         self._quiet = True  # nothing ran at the last tick's end (the engine or ours)
@@ -175,7 +179,8 @@ class Attributor:
         """Whether an event came so soon after the last tick closed that the engine may have
         counted it in that tick (the relay's lag)."""
         last_s = self._last_time_s
-        return time_s is not None and last_s is not None and time_s - last_s < LAG_WINDOW_S
+        window_s = max(LAG_WINDOW_S, LAG_WINDOW_TICKS * self._last_tick_s)
+        return time_s is not None and last_s is not None and time_s - last_s < window_s
 
     def end(
         self, request_id: str, time_s: float, *, prompt_tokens: int = 0, output_tokens: int = 0
@@ -266,6 +271,7 @@ class Attributor:
         self.measured_energy_j += delta_j
         self.measured_s += t1 - t0
         self.ticks += 1
+        self._last_tick_s = time_s - self._last_time_s
         self._last_time_s, self._last_energy_j = time_s, energy_j
         if activity is not None:
             self._engine_weight = activity.weight(self.alpha)

@@ -19,6 +19,7 @@ import httpx
 
 from meters.accounts import AccountBook, Bucket
 from meters.attribution import DEFAULT_ALPHA, Attributor
+from meters.constants import DEFAULT_SERVER_POWER_W_PER_GPU
 from meters.sampler import DEFAULT_TICK_S, Sampler
 from meters.sources.base import EnergySource, GpuReading
 from meters.sources.engine import EngineActivitySource
@@ -30,10 +31,6 @@ logger = logging.getLogger(__name__)
 Fallback = Callable[[str, int, int, float], Measurement]
 # model, prompt tokens, output tokens, measured GPU energy (J): lets the estimator calibrate
 Observe = Callable[[str, int, int, float], None]
-
-# Non-GPU server power while serving: 1.2 kW per 8-GPU server (EcoLogits, from BoaviztAPI for
-# AWS p5.48xlarge), i.e. 150 W per GPU (methodology §4).
-SERVER_POWER_W_PER_GPU = 150.0
 
 # A counter slower than the tick (DCGM's exporter steps about once a second) settles a request
 # only when it next steps; close() waits for that, up to this long, then estimates.
@@ -117,7 +114,7 @@ class MeasuredMeter:
         gpu_count: int = 1,
         tick_s: float = DEFAULT_TICK_S,
         alpha: float = DEFAULT_ALPHA,
-        server_power_w_per_gpu: float = SERVER_POWER_W_PER_GPU,
+        server_power_w_per_gpu: float = DEFAULT_SERVER_POWER_W_PER_GPU,
         clock: Callable[[], float] = time.monotonic,
         activity: EngineActivitySource | None = None,
         activity_required: bool = False,
@@ -299,7 +296,7 @@ def build_meter(
     url: str = "",
     tick_s: float = DEFAULT_TICK_S,
     alpha: float = DEFAULT_ALPHA,
-    server_power_w_per_gpu: float = SERVER_POWER_W_PER_GPU,
+    server_power_w_per_gpu: float = DEFAULT_SERVER_POWER_W_PER_GPU,
     fallback: Fallback,
     observe: Observe | None = None,
     nvml: ModuleType | None = None,

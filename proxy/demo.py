@@ -13,6 +13,7 @@ from types import FrameType
 
 import httpx
 
+from meters.constants import DEFAULT_ACCELERATOR
 from proxy import localmodel
 from proxy.config import Settings, parse_settings
 
@@ -35,7 +36,7 @@ def demo_settings(proxy_port: int, model_port: int) -> Settings:
                     "zone": "WORLD",
                     "meter": {"kind": "estimate"},
                     "hardware": {
-                        "accelerator": "H100-SXM",
+                        "accelerator": DEFAULT_ACCELERATOR,
                         "gpus": 1,
                         "active_params_b": localmodel.MODEL_PARAMS_B,
                         "total_params_b": localmodel.MODEL_PARAMS_B,

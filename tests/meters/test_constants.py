@@ -11,7 +11,7 @@ import pytest
 from ecologits.impacts import llm as ecologits_llm
 from ecologits.tracers.utils import PROVIDER_CONFIG_MAP
 
-from meters import constants, meter
+from meters import constants
 from meters.constants import UnknownAccelerator, accelerator
 
 SOURCE = Path(constants.__file__).read_text()
@@ -56,11 +56,6 @@ def test_the_ecologits_constants_are_ecologits_own() -> None:
     ) == (constants.DEFAULT_PUE, constants.DEFAULT_WUE_L_PER_KWH)
     # EcoLogits divides by 80 GB, an H100's: the default accelerator's datasheet memory.
     assert accelerator(constants.DEFAULT_ACCELERATOR).memory_gb == ecologits_llm.GPU_MEMORY
-
-
-def test_the_meters_own_copy_of_server_power_has_not_drifted() -> None:
-    # meters/meter.py still defines its own default (to be replaced by the constant).
-    assert meter.SERVER_POWER_W_PER_GPU == constants.DEFAULT_SERVER_POWER_W_PER_GPU
 
 
 @pytest.mark.parametrize(

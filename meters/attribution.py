@@ -304,10 +304,6 @@ class Attributor:
         self._release_held()
         return None if request is None else request.totals
 
-    def attributed_energy_j(self) -> float:
-        """Σ energy of the requests still held (settled or not)."""
-        return sum(r.totals.energy_j for r in self._requests.values())
-
     # -- one tick -------------------------------------------------------------------------
 
     def _baseline(self, time_s: float, energy_j: float, activity: ActivitySample | None) -> None:

@@ -23,6 +23,7 @@ import httpx
 from meters.numbers import format_decimal
 from proxy.budgets import METRICS
 from proxy.config import Settings, load_settings
+from proxy.ledger import parse_moment
 
 NUMBER_COLUMNS = (
     "requests",
@@ -348,10 +349,9 @@ def _moment(text: str | None, flag: str) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_moment(text)  # as the proxy reads the same --from/--to in a report
     except ValueError:
         raise CliError(f"{flag} must be an ISO date or date-time, not {text!r}") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _recompute(args: argparse.Namespace) -> int:

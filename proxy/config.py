@@ -28,8 +28,10 @@ from pydantic import (
     model_validator,
 )
 
+from meters.attribution import DEFAULT_ALPHA
 from meters.constants import (
     DEFAULT_ACCELERATOR,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_PUE,
     DEFAULT_SERVER_POWER_W_PER_GPU,
     DEFAULT_WUE_L_PER_KWH,
@@ -37,6 +39,7 @@ from meters.constants import (
     accelerator,
 )
 from meters.intensity import IntensityTable, UnknownZone
+from meters.sampler import DEFAULT_TICK_S
 from meters.types import MarketContracts
 
 ENV_PREFIX = "FOOTPRINT_"
@@ -150,14 +153,14 @@ class IntensitySettings(_Section):
 
 
 class MeteringSettings(_Section):
-    tick_s: Annotated[float, Field(gt=0, le=10)] = 0.1
+    tick_s: Annotated[float, Field(gt=0, le=10)] = DEFAULT_TICK_S
     # Cost of a prompt token against an output token (methodology §2); an assumption until
     # measured on a GPU.
-    alpha: Annotated[float, Field(ge=0)] = 0.1
+    alpha: Annotated[float, Field(ge=0)] = DEFAULT_ALPHA
     # Non-GPU server power per GPU while serving, for upstreams that do not set their own
     # ([upstreams.hardware] server_w_per_gpu). Default and source: meters.constants.
     server_power_w_per_gpu: Annotated[float, Field(ge=0)] = DEFAULT_SERVER_POWER_W_PER_GPU
-    batch_size: Annotated[int, Field(gt=0)] = 64
+    batch_size: Annotated[int, Field(gt=0)] = DEFAULT_BATCH_SIZE
     idle: Literal["report", "spread"] = "report"
 
 
@@ -188,7 +191,7 @@ class HardwareSettings(_Section):
     active_params_b: Annotated[float, Field(gt=0)] | None = None
     total_params_b: Annotated[float, Field(gt=0)] | None = None
     # This host's non-GPU server power per GPU (CPU, memory, fans) while serving; unset: the
-    # [metering] default, 150 W (EcoLogits / BoaviztAPI, meters.constants).
+    # [metering] default (meters.constants.DEFAULT_SERVER_POWER_W_PER_GPU, with its source).
     server_w_per_gpu: Annotated[float, Field(ge=0)] | None = None
 
     @field_validator("accelerator")

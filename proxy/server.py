@@ -19,6 +19,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.config import ServerSettings
+from proxy.errors import InvalidRequest
 
 _REASONS = {
     400: b"Bad Request",
@@ -32,16 +33,7 @@ class _HeadersTooLarge(Exception):
 
 
 def _error_response(status: int, message: str, code: str) -> bytes:
-    body = orjson.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": code,
-            }
-        }
-    )
+    body = orjson.dumps(InvalidRequest(message, code=code).body())
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body))

@@ -46,6 +46,7 @@ class Upstream:
     _model_cache: tuple[float, list[dict[str, object]]] | None = field(default=None, repr=False)
     _post_urls: dict[str, httpx.URL] = field(default_factory=dict, repr=False)
     _post_base: tuple[dict[str, str], dict[str, object]] | None = field(default=None, repr=False)
+    _secret: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -62,14 +63,25 @@ class Upstream:
     def host(self) -> str:
         return httpx.URL(self.settings.base_url).host
 
+    def _credential(self) -> str:
+        """The upstream's own credential (the key its client sends), worked out once; "" when
+        there is none worth redacting (under 4 characters)."""
+        if self._secret is None:
+            authorization = self.client.headers.get("authorization", "")
+            secret = authorization.partition(" ")[2].strip() or authorization.strip()
+            self._secret = secret if len(secret) >= 4 else ""
+        return self._secret
+
     def redact(self, data: bytes) -> bytes:
-        """`data` with the upstream's own credential (the key its client sends) cut out, for
-        anything of the upstream's that is passed on to a client."""
-        authorization = self.client.headers.get("authorization", "")
-        secret = authorization.partition(" ")[2].strip() or authorization.strip()
-        if len(secret) < 4:
-            return data
-        return data.replace(secret.encode(), b"[redacted]")
+        """`data` with the upstream's own credential cut out, for anything of the upstream's
+        that is passed on to a client."""
+        secret = self._credential()
+        return data.replace(secret.encode(), b"[redacted]") if secret else data
+
+    def redact_text(self, value: str) -> str:
+        """`redact` for a header value, kept as the text it was."""
+        secret = self._credential()
+        return value.replace(secret, "[redacted]") if secret and secret in value else value
 
     def post_request(self, path: str, content: bytes, headers: Mapping[str, str]) -> httpx.Request:
         """A POST of `content` to `path` under the upstream's base URL, for `client.send`:

@@ -7,6 +7,7 @@ and the period arithmetic. The in-process and Redis backends both build on this 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -101,7 +102,7 @@ def header_metric(metric: str) -> str:
     return metric.replace("_", "-")
 
 
-def remaining_headers(remaining: dict[str, float]) -> dict[str, str]:
+def remaining_headers(remaining: Mapping[str, float]) -> dict[str, str]:
     """`x-footprint-budget-remaining-<metric>` headers from `remaining_by_metric`'s answer."""
     return {HEADER_PREFIX + m: plain_decimal(v) for m, v in remaining.items()}
 

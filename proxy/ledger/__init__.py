@@ -16,6 +16,7 @@ from proxy.ledger._records import (
     as_utc,
     figure_columns,
     iso,
+    parse_moment,
 )
 from proxy.ledger._series import BUCKETS, ORDER_FIELDS, SERIES_KEYS
 from proxy.ledger._store import AlreadyExists, Store, UnknownKey, UnknownTeam
@@ -50,6 +51,7 @@ __all__ = [
     "figure_columns",
     "iso",
     "open_ledger",
+    "parse_moment",
     "unavailable",
     "usage_totals",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from meters.constants import METHODOLOGY_VERSION
@@ -145,6 +145,16 @@ def as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 date or date-time (a trailing `Z` allowed) as aware UTC; without a zone it
+    is UTC, and a date is its midnight. ValueError when it is neither."""
+    text = text.strip()
+    if len(text) == 10:
+        d = date.fromisoformat(text)
+        return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 def iso(moment: datetime) -> str:

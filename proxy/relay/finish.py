@@ -16,7 +16,7 @@ import httpx
 from meters import Footprint, Measurement, MeterError, RequestTrack
 from meters.footprint import compute_footprint, footprint_json, format_decimal
 from meters.numbers import dumps_plain
-from proxy.budgets import Reservation, Usage
+from proxy.budgets import Reservation, Usage, remaining_headers
 from proxy.errors import ProxyError
 from proxy.ledger import LedgerRecord, figure_columns
 from proxy.relay.attempts import RoutedTrack
@@ -278,6 +278,5 @@ def footprint_headers(
         "x-footprint-grid-gco2e-per-kwh": format_decimal(footprint.grid_gco2e_per_kwh),
         "x-footprint-overhead-ms": format_decimal(call.tally.overhead_ms),
     }
-    for metric, value in remaining.items():
-        headers[f"x-footprint-budget-remaining-{metric}"] = format_decimal(value)
+    headers.update(remaining_headers(remaining))
     return headers

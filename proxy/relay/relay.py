@@ -206,13 +206,12 @@ class Relay:
         """The candidates for `model`, in priority order; for a response that continues
         another, only the upstream that holds the earlier one, if it serves the model."""
         previous = body.get("previous_response_id")
+        candidates = self.services.router.candidates(model)
         if isinstance(previous, str):
             holder = self.stored.upstream_of(previous, team)
-            if holder is not None and (
-                holder.serves_exactly(model) or holder.serves_by_pattern(model)
-            ):
+            if holder is not None and holder in candidates:
                 return (holder,)
-        return self.services.router.candidates(model)
+        return candidates
 
     def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
         asked = call.need()

@@ -129,7 +129,7 @@ def passed_headers(upstream: Upstream, response: httpx.Response) -> dict[str, st
     has it cut out."""
     named = {token.strip().lower() for token in response.headers.get("connection", "").split(",")}
     return {
-        name: upstream.redact(value.encode()).decode("latin-1")
+        name: upstream.redact_text(value)
         for name, value in response.headers.items()
         if name not in _NOT_PASSED and name not in named and not name.startswith("x-footprint-")
     }

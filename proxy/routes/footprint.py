@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from meters.numbers import format_decimal
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound
 from proxy.ledger import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, iso, usage_totals
+from proxy.ledger import parse_moment as ledger_moment
 
 footprint_router = APIRouter(prefix="/v1/footprint")
 
@@ -58,19 +59,14 @@ async def get_request(request: Request, request_id: str) -> Response:
 
 def parse_moment(raw: str, param: str) -> datetime:
     """ISO 8601 date or date-time; without a zone it is UTC."""
-    text = raw.strip()
     try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            return datetime(d.year, d.month, d.day, tzinfo=UTC)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return ledger_moment(raw)
     except ValueError:
         raise InvalidRequest(
             f"{param} must be an ISO 8601 date or date-time, e.g. 2025-03-01 or "
             "2025-03-01T00:00:00Z",
             param=param,
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_group_by(raw: str | None) -> list[str]:

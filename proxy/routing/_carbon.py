@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from meters import Hardware, Intensity, MeterError, SiteFactors, compute_footprint
 from meters.estimate import Estimator
+from meters.footprint import J_PER_KWH
 
-_J_PER_KWH = 3_600_000.0
 _REFERENCE_TOKENS = 1000
 # Factors that carry no weight in energy or embodied carbon: only those are read.
 _NO_GRID = Intensity(zone="WORLD", gco2e_per_kwh=0.0, ewif_l_per_kwh=0.0, source="routing")
@@ -52,7 +52,7 @@ class CarbonRates:
             self.embodied_g_per_prompt_token * prompt_tokens
             + self.embodied_g_per_output_token * output_tokens
         )
-        return self.energy_j(prompt_tokens, output_tokens) / _J_PER_KWH * gco2e_per_kwh + embodied
+        return self.energy_j(prompt_tokens, output_tokens) / J_PER_KWH * gco2e_per_kwh + embodied
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ def co2e_avoided_g(
         baseline.embodied_co2e_g / chosen.embodied_co2e_g if chosen.embodied_co2e_g > 0 else 1.0
     )
     there_g = (
-        energy_j * energy_ratio / _J_PER_KWH * baseline.gco2e_per_kwh
+        energy_j * energy_ratio / J_PER_KWH * baseline.gco2e_per_kwh
         + embodied_co2e_g * embodied_ratio
     )
     return there_g - co2e_g

@@ -304,18 +304,19 @@ def test_dry_run_of_issue_19_runs_every_check(tmp_path: Path) -> None:
         assert 0.6 < ratio < 1.5, row
         assert set(row["by_tick"]) == {"tick 0.1 s", "tick 0.2 s", "tick 0.5 s"}
         assert all(cell["requests"] > 0 for cell in row["by_tick"].values()), row
-        assert row["met"] in (True, False)
+        assert isinstance(row["met"], bool), row
     replicas = report["replicas"]
     assert set(replicas["replicas_j"]) == {"p01", "p01b"}
-    assert replicas["counter_delta_j"] > 0 and replicas["met"] in (True, False)
+    assert replicas["counter_delta_j"] > 0 and isinstance(replicas["met"], bool)
     assert set(replicas["per_class_j"]["p01b"]["two_replicas"]) == {"short", "long_output"}
     calibration = report["calibration"]
     assert calibration["fitted_on"] >= 10 and calibration["held_out"] >= 10
-    assert calibration["met"] in (True, False)
+    assert isinstance(calibration["met"], bool)
     sampler = report["sampler"]
     assert {w["way"] for w in sampler["ways"]} == {"energy", "fields", "power"}
-    # the simulated driver publishes its counter every 100 ms, as the H200's did
-    assert 5.0 < sampler["counter_changes_per_s"] <= 10.5
+    # the simulated driver publishes its counter every 100 ms, as the H200's did: no way of
+    # reading can see it change more often (how often it is seen at all depends on the load)
+    assert 0.0 < sampler["counter_changes_per_s"] <= 10.5
     assert sampler["chosen"] is not None and sampler["chosen_for_source"] in ("energy", "fields")
     rows = report["requests"]
     assert {row["via"] for row in rows} == {"p01", "p02", "p05", "p01b", "direct"}

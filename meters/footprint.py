@@ -14,6 +14,7 @@ Pure arithmetic over the value types of `meters.types`; no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import orjson
@@ -180,31 +181,7 @@ def footprint_record(
     `intensity_source` / `water_source` say which kind of factor each figure used; `ranges`
     (only for a ranged estimate) holds [low, high] per figure. `co2e_market_g` is there only
     where the upstream has contract data."""
-    record: dict[str, object] = {
-        "request_id": request_id,
-        "method": footprint.method,
-        "gpu_energy_j": _round(footprint.gpu_energy_j),
-        "energy_j": _round(footprint.energy_j),
-        "co2e_g": _round(footprint.co2e_g),
-        "embodied_co2e_g": _round(footprint.embodied_co2e_g),
-        "water_ml": _round(footprint.water_ml),
-    }
-    if footprint.co2e_market_g is not None:
-        record["co2e_market_g"] = _round(footprint.co2e_market_g)
-    record |= {
-        "zone": footprint.zone,
-        "grid_gco2e_per_kwh": _round(footprint.grid_gco2e_per_kwh),
-        "pue": _round(footprint.pue),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "intensity_source": footprint.intensity_source,
-        "water_source": footprint.water_source,
-    }
-    if footprint.ranges is not None:
-        record["ranges"] = {
-            name: [_round(low), _round(high)] for name, (low, high) in footprint.ranges.items()
-        }
-    return record
+    return _record(footprint, request_id, prompt_tokens, completion_tokens, _round)
 
 
 def footprint_json(
@@ -213,15 +190,43 @@ def footprint_json(
     """The contract's `footprint` object, ready for `orjson.dumps`: its numbers are
     `orjson.Fragment`s holding plain decimals, so a tiny figure is written `0.0000123`, never
     `1.23e-5` (`contract.md`: numbers are plain decimals). Keys may be added before dumping."""
-    record = footprint_record(footprint, request_id, prompt_tokens, completion_tokens)
-    return {key: _fragments(value) for key, value in record.items()}
+    return _record(footprint, request_id, prompt_tokens, completion_tokens, _fragment)
 
 
-def _fragments(value: object) -> object:
-    if isinstance(value, float):
-        return orjson.Fragment(format_decimal(value).encode())
-    if isinstance(value, dict):
-        return {k: _fragments(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fragments(v) for v in value]
-    return value
+def _fragment(value: float) -> orjson.Fragment:
+    return orjson.Fragment(format_decimal(value).encode())
+
+
+def _record(
+    footprint: Footprint,
+    request_id: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    number: Callable[[float], object],
+) -> dict[str, object]:
+    """`footprint_record`'s object, each figure written by `number` (each once)."""
+    record: dict[str, object] = {
+        "request_id": request_id,
+        "method": footprint.method,
+        "gpu_energy_j": number(footprint.gpu_energy_j),
+        "energy_j": number(footprint.energy_j),
+        "co2e_g": number(footprint.co2e_g),
+        "embodied_co2e_g": number(footprint.embodied_co2e_g),
+        "water_ml": number(footprint.water_ml),
+    }
+    if footprint.co2e_market_g is not None:
+        record["co2e_market_g"] = number(footprint.co2e_market_g)
+    record |= {
+        "zone": footprint.zone,
+        "grid_gco2e_per_kwh": number(footprint.grid_gco2e_per_kwh),
+        "pue": number(footprint.pue),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "intensity_source": footprint.intensity_source,
+        "water_source": footprint.water_source,
+    }
+    if footprint.ranges is not None:
+        record["ranges"] = {
+            name: [number(low), number(high)] for name, (low, high) in footprint.ranges.items()
+        }
+    return record

@@ -8,6 +8,7 @@ in magnitude than `FIGURE_FLOOR` is written 0, so no figure is longer than the n
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -17,6 +18,9 @@ from meters.constants import FIGURE_FLOOR, SIGNIFICANT_DIGITS
 __all__ = ["dumps_plain", "format_decimal"]
 
 
+# The same figures come back request after request (a zone's grid intensity, a PUE, the
+# energy of requests alike): each is worked out once.
+@functools.lru_cache(maxsize=4096)
 def format_decimal(
     value: float, significant: int = SIGNIFICANT_DIGITS, floor: float = FIGURE_FLOOR
 ) -> str:

@@ -58,7 +58,6 @@ def build_upstream(
     upstream: UpstreamSettings,
     calibrations: Calibrations,
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
     nvml: ModuleType | None = None,
     meter_transport: httpx.BaseTransport | None = None,
 ) -> Upstream:
@@ -122,7 +121,7 @@ def build_upstream(
     routing = settings.routing
     return Upstream(
         settings=upstream,
-        client=build_client(upstream, transport),
+        client=build_client(upstream),
         meter=meter,
         site=SiteFactors(
             zone=upstream.zone,
@@ -173,7 +172,6 @@ def build_intensity(
 def create_app(
     settings: Settings,
     *,
-    upstream_transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     nvml: ModuleType | None = None,
     meter_transport: httpx.BaseTransport | None = None,
     intensity_transport: httpx.AsyncBaseTransport | None = None,
@@ -191,7 +189,6 @@ def create_app(
                 u,
                 # Each upstream's estimator is calibrated from its own measured traffic.
                 Calibrations(),
-                transport=(upstream_transports or {}).get(u.name),
                 nvml=nvml,
                 meter_transport=meter_transport,
             )

@@ -122,6 +122,8 @@ def run_server(settings: Settings, workers: int = 1) -> int:
         port=settings.server.port,
         log_level=settings.server.log_level,
         access_log=False,
+        # Nothing reads the client's address or scheme: X-Forwarded-* need not be parsed.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     return 0
@@ -158,6 +160,7 @@ def _run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:
         http=limited_protocol(settings.server),
         log_level=settings.server.log_level,
         access_log=False,
+        proxy_headers=False,  # as in run_server
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

@@ -15,8 +15,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import httpx
 import orjson
+
+from proxy.transport import UpstreamClient, UpstreamFailure
 
 log = logging.getLogger("footprint.tokens")
 
@@ -108,7 +109,7 @@ class PromptTokenizer:
     URL ending in `/extras/tokenize`, and otherwise tries vLLM's, then llama.cpp's, and keeps
     to the first that gives a count."""
 
-    def __init__(self, client: httpx.AsyncClient, url: str, shape: TokenizeShape = "auto") -> None:
+    def __init__(self, client: UpstreamClient, url: str, shape: TokenizeShape = "auto") -> None:
         self._client = client
         self._url = url
         if shape == "auto" and url.rstrip("/").endswith("/extras/tokenize"):
@@ -127,12 +128,18 @@ class PromptTokenizer:
 
     async def _ask(self, shape: str, model: str, text: str) -> int | None:
         try:
-            response = await self._client.post(
-                self._url, json=_request_body(shape, model, text), timeout=2.0
+            request = self._client.request(
+                "POST",
+                self._url,
+                headers={"content-type": "application/json"},
+                content=orjson.dumps(_request_body(shape, model, text)),
+                timeout_s=2.0,
             )
+            response = await self._client.send(request)
+            content = await response.read()
             if response.status_code != 200:
                 return None
-            return _read_count(orjson.loads(response.content), text)
-        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            return _read_count(orjson.loads(content), text)
+        except (UpstreamFailure, orjson.JSONDecodeError) as exc:
             log.warning("tokenize at %s failed (%s); approximating", self._url, exc)
             return None

@@ -14,9 +14,8 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from meters import Hardware, RequestMeter, SiteFactors
@@ -24,7 +23,7 @@ from meters.calibration import Calibrations
 from meters.estimate import Estimator
 from proxy.config import UpstreamSettings
 from proxy.routing._health import UpstreamHealth
-from proxy.transport import AiohttpTransport
+from proxy.transport import Timeouts, UpstreamClient, UpstreamFailure, UpstreamRequest
 
 log = logging.getLogger("footprint.upstreams")
 
@@ -34,7 +33,7 @@ class Upstream:
     """One configured model server and the live objects that talk to it."""
 
     settings: UpstreamSettings
-    client: httpx.AsyncClient
+    client: UpstreamClient
     meter: RequestMeter
     site: SiteFactors
     hardware: Hardware
@@ -44,8 +43,6 @@ class Upstream:
     # Fits of this upstream's own measured traffic (the estimator reads the same object).
     calibrations: Calibrations = field(default_factory=Calibrations)
     _model_cache: tuple[float, list[dict[str, object]]] | None = field(default=None, repr=False)
-    _post_urls: dict[str, httpx.URL] = field(default_factory=dict, repr=False)
-    _post_base: tuple[dict[str, str], dict[str, object]] | None = field(default=None, repr=False)
     _secret: str | None = field(default=None, repr=False)
 
     @property
@@ -61,13 +58,13 @@ class Upstream:
 
     @property
     def host(self) -> str:
-        return httpx.URL(self.settings.base_url).host
+        return urlsplit(self.settings.base_url).hostname or ""
 
     def _credential(self) -> str:
         """The upstream's own credential (the key its client sends), worked out once; "" when
         there is none worth redacting (under 4 characters)."""
         if self._secret is None:
-            authorization = self.client.headers.get("authorization", "")
+            authorization = self.client.credential()
             secret = authorization.partition(" ")[2].strip() or authorization.strip()
             self._secret = secret if len(secret) >= 4 else ""
         return self._secret
@@ -83,26 +80,12 @@ class Upstream:
         secret = self._credential()
         return value.replace(secret, "[redacted]") if secret and secret in value else value
 
-    def post_request(self, path: str, content: bytes, headers: Mapping[str, str]) -> httpx.Request:
-        """A POST of `content` to `path` under the upstream's base URL, for `client.send`:
-        what `client.build_request` makes (the client's headers, then `headers`, lower-case
-        names; the client's timeouts), with the URL and the client's headers worked out once
-        rather than on every request. The client's cookie jar is not sent: cookies set by the
-        upstream for one caller are no business of the next."""
-        url = self._post_urls.get(path)
-        if url is None:
-            url = self._post_urls[path] = self.client.build_request("POST", path).url
-        if self._post_base is None:
-            self._post_base = (
-                dict(self.client.headers.items()),
-                {"timeout": self.client.timeout.as_dict()},
-            )
-        base_headers, extensions = self._post_base
-        merged = base_headers.copy()
-        merged.update(headers)
-        return httpx.Request(
-            "POST", url, content=content, headers=merged, extensions=dict(extensions)
-        )
+    def post_request(
+        self, path: str, content: bytes, headers: Mapping[str, str]
+    ) -> UpstreamRequest:
+        """A POST of `content` to `path` under the upstream's base URL: the client's headers
+        (its credential), then `headers`; the client's timeouts."""
+        return self.client.request("POST", path, headers=headers, content=content)
 
     def serves_exactly(self, model: str) -> bool:
         return any(p == model for p in self.settings.models if not _is_pattern(p))
@@ -117,12 +100,13 @@ class Upstream:
             return self._model_cache[1]
         found: dict[str, dict[str, object]] = {}
         try:
-            response = await self.client.get("/models", timeout=5.0)
+            response = await self.client.get("/models", timeout_s=5.0)
+            content = await response.read()
             if response.status_code == 200:
-                for entry in orjson.loads(response.content).get("data", []):
+                for entry in orjson.loads(content).get("data", []):
                     if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                         found[entry["id"]] = entry
-        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError) as exc:
+        except (UpstreamFailure, orjson.JSONDecodeError, AttributeError) as exc:
             log.warning("upstream %s: /models failed: %s", self.name, exc)
         for name in self.settings.models:
             if not _is_pattern(name):
@@ -138,8 +122,9 @@ class Upstream:
     async def ping(self) -> bool:
         """Readiness: the upstream answers HTTP at all (any status)."""
         try:
-            await self.client.get("/models", timeout=2.0)
-        except httpx.HTTPError:
+            response = await self.client.get("/models", timeout_s=2.0)
+            await response.read()
+        except UpstreamFailure:
             return False
         return True
 
@@ -148,38 +133,9 @@ def _is_pattern(name: str) -> bool:
     return any(ch in name for ch in "*?[")
 
 
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that keeps nothing from responses."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class UpstreamClient(httpx.AsyncClient):
-    """An httpx client that keeps no cookies: what an upstream sets in answer to one caller
-    is never sent on for the next, and no response pays for parsing `Set-Cookie` into a jar
-    (httpx does that on every response; it was 4% of the proxy's CPU per request)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._kept_cookies = _NoCookies()
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._kept_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        raise AttributeError("an upstream client keeps no cookies")
-
-
-def build_client(
-    settings: UpstreamSettings,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
+def build_client(settings: UpstreamSettings) -> UpstreamClient:
     """One pooled client per upstream; the upstream's credential is injected here and never
-    travels back to a client. Its connections are aiohttp's pool (`proxy.transport`) unless
-    a `transport` is given (tests pass an ASGI or mock one)."""
+    travels back to a client."""
     headers: dict[str, str] = {}
     if settings.api_key_env:
         key = os.environ.get(settings.api_key_env, "")
@@ -191,23 +147,12 @@ def build_client(
                 settings.name,
                 settings.api_key_env,
             )
-    limits = httpx.Limits(
-        max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_connections,
-        keepalive_expiry=settings.keepalive_expiry_s,
-    )
     return UpstreamClient(
-        base_url=settings.base_url,
+        settings.base_url,
         headers=headers,
-        timeout=httpx.Timeout(
-            connect=settings.connect_timeout_s,
-            read=settings.read_timeout_s,
-            write=settings.read_timeout_s,
-            pool=settings.connect_timeout_s,
-        ),
-        limits=limits,
-        transport=transport if transport is not None else AiohttpTransport(limits),
-        follow_redirects=False,
+        timeouts=Timeouts(connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s),
+        max_connections=settings.max_connections,
+        keepalive_expiry_s=settings.keepalive_expiry_s,
     )
 
 

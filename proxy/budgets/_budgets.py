@@ -64,6 +64,11 @@ class _Backend(Protocol):
         self, team: str, request_id: str, worst: Usage, day: str, month: str
     ) -> tuple[bool, list[BudgetLine]]: ...
 
+    def holds_nothing_for(self, team: str) -> bool:
+        """True only when `team` is known to have no budget: its reservations hold nothing,
+        so the worst case need not be worked out."""
+        ...
+
     async def settle(
         self, reservation: Reservation, actual: Usage, recorded_s: float
     ) -> list[BudgetLine]: ...
@@ -181,6 +186,10 @@ class LocalBackend:
             for metric, amount in needed.items():
                 state.reserved[metric] += amount
         return True, self._lines(state, day, month)
+
+    def holds_nothing_for(self, team: str) -> bool:
+        state = self._teams.get(team)
+        return state is not None and not state.limits
 
     async def settle(
         self, reservation: Reservation, actual: Usage, recorded_s: float
@@ -310,6 +319,12 @@ class Budgets:
             await self._backend.unclaim(request_id)
         except StoreUnavailable as exc:
             self._store_failed("unclaim", exc)  # it expires on its own
+
+    def holds_nothing_for(self, team: str) -> bool:
+        """True only when `team` is known to have no budget (counted in this process, and
+        none set): `reserve` then holds nothing whatever the worst case, so the caller need
+        not work it out. With Redis every replica may have set one: always False."""
+        return self._backend.holds_nothing_for(team)
 
     async def reserve(self, team: str, worst: Usage, request_id: str) -> Reservation:
         """Hold `worst` against every budget of `team`; BudgetExceeded when one cannot cover it."""

@@ -471,6 +471,9 @@ class RedisBackend:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(repr(exc)) from exc
 
+    def holds_nothing_for(self, team: str) -> bool:
+        return False  # another replica may have set a budget just now
+
     @property
     def redis(self) -> Redis:
         """The client this backend counts in (rate limits count there too)."""

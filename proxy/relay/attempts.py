@@ -16,13 +16,12 @@ import logging
 import time
 from collections.abc import Callable
 
-import httpx
-
 from meters import Footprint, Measurement, MeterError, RequestTrack
 from proxy.errors import ProxyError
 from proxy.relay.send import read_error, send
 from proxy.routing import RoutePlan, co2e_avoided_g
 from proxy.telemetry import names as n
+from proxy.transport import UpstreamRequest, UpstreamResponse
 from proxy.upstreams import Upstream
 
 log = logging.getLogger("footprint.relay")
@@ -45,7 +44,7 @@ class Attempts:
         self._held = False
         self._started = 0.0
         # Builds the upstream request for another candidate (set by the relay).
-        self.request_for: Callable[[Upstream], httpx.Request] | None = None
+        self.request_for: Callable[[Upstream], UpstreamRequest] | None = None
         self.claim(self.upstream)
 
     def claim(self, upstream: Upstream) -> None:
@@ -71,7 +70,7 @@ class Attempts:
         """The meter track of the request, which follows it from upstream to upstream."""
         return RoutedTrack(self, self.upstream.meter.open(request_id, model), request_id, model)
 
-    async def send(self, track: RoutedTrack, request: httpx.Request) -> httpx.Response:
+    async def send(self, track: RoutedTrack, request: UpstreamRequest) -> UpstreamResponse:
         """Send, moving on to the next candidate after a failure before the answer began.
         Returns the answer to pass on (perhaps the last candidate's error), or raises the last
         candidate's failure."""

@@ -11,8 +11,6 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from meters import Footprint, Measurement, MeterError, RequestTrack
 from meters.footprint import compute_footprint, footprint_json, format_decimal
 from meters.numbers import dumps_plain
@@ -26,6 +24,7 @@ from proxy.relay.send import send
 from proxy.relay.stored import ResponseOwners
 from proxy.services import Services
 from proxy.tokens import PromptTokenizer
+from proxy.transport import UpstreamRequest, UpstreamResponse
 from proxy.upstreams import Upstream
 
 log = logging.getLogger("footprint.relay")
@@ -99,8 +98,8 @@ class Finisher:
         call: Call,
         track: RequestTrack,
         reservation: Reservation,
-        upstream_request: httpx.Request,
-    ) -> tuple[httpx.Response, float]:
+        upstream_request: UpstreamRequest,
+    ) -> tuple[UpstreamResponse, float]:
         """Send to the upstream (the response and when it was sent); a request that cannot
         be sent is finished, and its error raised."""
         sent = time.perf_counter()

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,6 +38,7 @@ from proxy.relay.stream import relay_stream
 from proxy.relay.whole import relay_whole
 from proxy.services import Services
 from proxy.tokens import approx_tokens
+from proxy.transport import UpstreamRequest
 from proxy.upstreams import Upstream
 
 log = logging.getLogger("footprint.relay")
@@ -143,7 +143,7 @@ class Relay:
         if attempts is None:
             return asked.upstream.meter.open(call.request_id, asked.model)
 
-        def request_for(upstream: Upstream) -> httpx.Request:
+        def request_for(upstream: Upstream) -> UpstreamRequest:
             call.asked = dataclasses.replace(call.need(), upstream=upstream)
             return self._upstream_request(request, call, content)
 
@@ -213,7 +213,7 @@ class Relay:
                 return (holder,)
         return candidates
 
-    def _upstream_request(self, request: Request, call: Call, content: bytes) -> httpx.Request:
+    def _upstream_request(self, request: Request, call: Call, content: bytes) -> UpstreamRequest:
         asked = call.need()
         headers = send.upstream_headers(request.headers, call.spec, asked.upstream, call.request_id)
         telemetry = self.services.telemetry
@@ -228,6 +228,10 @@ class Relay:
         # Every choice (n, best_of) may run to the cap.
         output_tokens = asked.max_tokens * asked.choices
         tokens = prompt_tokens + output_tokens
+        if self.services.budgets.holds_nothing_for(call.team):
+            # No budget to hold it against: its energy, carbon and water would be worked
+            # out for nothing.
+            return Usage(tokens=tokens, requests=1)
         try:
             measurement = asked.upstream.estimator.estimate(
                 asked.model, prompt_tokens, output_tokens, math.inf

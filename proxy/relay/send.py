@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import httpx
 from starlette.responses import Response
 
 from proxy.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.relay.facts import Endpoint
+from proxy.transport import UpstreamFailure, UpstreamRequest, UpstreamResponse, UpstreamTimedOut
 from proxy.upstreams import Upstream
 
 # Request headers carried on to the upstream. Authorization is never among them: the
@@ -48,7 +48,7 @@ def upstream_headers(
     """The headers the upstream gets from the client's request: the one place they are made
     (the trace headers are written after this, by telemetry)."""
     # identity: the answer is parsed on the way, so it must not come compressed (one that
-    # does anyway is decoded by `aiter_bytes`/`aread`).
+    # does anyway is decoded as it is read).
     headers = {"content-type": "application/json", "accept-encoding": "identity"}
     if upstream.settings.forward_request_id:
         headers["x-request-id"] = request_id
@@ -61,21 +61,19 @@ def upstream_headers(
     return headers
 
 
-async def send(upstream: Upstream, request: httpx.Request) -> httpx.Response:
+async def send(upstream: Upstream, request: UpstreamRequest) -> UpstreamResponse:
     """Send `request`; the response's body is left to stream."""
     try:
-        return await upstream.client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
+        return await upstream.client.send(request)
+    except UpstreamTimedOut as exc:
         raise UpstreamTimeout(
-            f"upstream {upstream.name} did not answer in time ({type(exc).__name__})"
+            f"upstream {upstream.name} did not answer in time ({exc.kind})"
         ) from None
-    except httpx.HTTPError as exc:
-        raise UpstreamUnavailable(
-            f"upstream {upstream.name} is unreachable ({type(exc).__name__})"
-        ) from None
+    except UpstreamFailure as exc:
+        raise UpstreamUnavailable(f"upstream {upstream.name} is unreachable ({exc.kind})") from None
 
 
-async def read_whole(upstream: Upstream, response: httpx.Response) -> bytes:
+async def read_whole(upstream: Upstream, response: UpstreamResponse) -> bytes:
     """The whole body of `response` (at most `max_response_bytes`), which is closed after."""
     limit = upstream.settings.max_response_bytes
     too_large = UpstreamUnavailable(
@@ -88,41 +86,41 @@ async def read_whole(upstream: Upstream, response: httpx.Response) -> bytes:
             raise too_large
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.chunks():
             size += len(chunk)
             if size > limit:
                 raise too_large
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except httpx.TimeoutException:
+    except UpstreamTimedOut:
         raise UpstreamTimeout(f"upstream {upstream.name} did not finish in time") from None
-    except httpx.HTTPError as exc:
+    except UpstreamFailure as exc:
         raise UpstreamUnavailable(
-            f"upstream {upstream.name} broke off its answer ({type(exc).__name__})"
+            f"upstream {upstream.name} broke off its answer ({exc.kind})"
         ) from None
     finally:
         await response.aclose()
 
 
-async def read_error(upstream: Upstream, response: httpx.Response) -> bytes:
+async def read_error(upstream: Upstream, response: UpstreamResponse) -> bytes:
     """An upstream error's body, as much of it as arrives (up to `max_response_bytes`)."""
     limit = upstream.settings.max_response_bytes
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.chunks():
             chunks.append(chunk)
             size += len(chunk)
             if size >= limit:
                 break
-    except httpx.HTTPError:
+    except UpstreamFailure:
         pass
     finally:
         await response.aclose()
     return b"".join(chunks)[:limit]
 
 
-def passed_headers(upstream: Upstream, response: httpx.Response) -> dict[str, str]:
+def passed_headers(upstream: Upstream, response: UpstreamResponse) -> dict[str, str]:
     """The upstream's response headers the client gets too (`retry-after`, `x-ratelimit-*`,
     `openai-processing-ms`, `x-should-retry`, …): all but `_NOT_PASSED`, those the upstream's
     `Connection` header names, and `x-footprint-*`; any that echoes the upstream's credential
@@ -136,7 +134,7 @@ def passed_headers(upstream: Upstream, response: httpx.Response) -> dict[str, st
 
 
 def passed_on(
-    upstream: Upstream, response: httpx.Response, raw: bytes, request_id: str
+    upstream: Upstream, response: UpstreamResponse, raw: bytes, request_id: str
 ) -> Response:
     """The upstream's answer (its own error, or a stored response), passed back with its
     status, headers and (decoded) body unchanged, less the upstream's credential should the

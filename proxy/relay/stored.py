@@ -94,12 +94,12 @@ class StoredResponses:
             headers = send.upstream_headers(
                 request.headers, ENDPOINTS["responses"], upstream, request_id
             )
-            built = upstream.client.build_request(
+            built = upstream.client.request(
                 request.method,
                 path,
-                params=request.query_params,
                 headers=headers,
                 content=content or None,
+                query=request.url.query,
             )
             response = await send.send(upstream, built)
             raw = await send.read_whole(upstream, response)

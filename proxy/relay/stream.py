@@ -10,7 +10,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 import anyio
-import httpx
 from starlette.responses import Response, StreamingResponse
 
 from meters import RequestTrack
@@ -23,6 +22,7 @@ from proxy.relay.facts import StreamEnd
 from proxy.relay.finish import Finisher, footprint_object
 from proxy.relay.tally import StreamTally
 from proxy.tokens import approx_tokens
+from proxy.transport import UpstreamFailure, UpstreamRequest, UpstreamResponse, UpstreamTimedOut
 
 log = logging.getLogger("footprint.relay")
 
@@ -31,7 +31,7 @@ async def relay_stream(
     finisher: Finisher,
     call: Call,
     track: RequestTrack,
-    upstream_request: httpx.Request,
+    upstream_request: UpstreamRequest,
     reservation: Reservation,
 ) -> Response:
     upstream = call.need().upstream
@@ -70,7 +70,7 @@ async def _events(
     finisher: Finisher,
     call: Call,
     track: RequestTrack,
-    response: httpx.Response,
+    response: UpstreamResponse,
     reservation: Reservation,
 ) -> AsyncIterator[bytes]:
     counted = StreamTally(call.spec, call.tally)
@@ -84,11 +84,11 @@ async def _events(
         if counted.cut_off(splitter.rest()):
             tally.cancelled = True
             tally.error = tally.error or "upstream_cut_off"
-    except httpx.TimeoutException as exc:
+    except UpstreamTimedOut as exc:
         # The upstream stopped sending for longer than the read timeout.
         tally.cancelled, tally.error = True, "upstream_timeout"
         log.warning("request %s: upstream stream timed out: %r", call.request_id, exc)
-    except (httpx.HTTPError, sse.EventTooLarge) as exc:
+    except (UpstreamFailure, sse.EventTooLarge) as exc:
         # The upstream died mid-stream (or sent an event over the size limit): end the
         # client's stream cleanly, then record.
         tally.cancelled, tally.error = True, "upstream_cut_off"
@@ -111,14 +111,14 @@ async def _events(
 async def _pass_on(
     call: Call,
     track: RequestTrack,
-    response: httpx.Response,
+    response: UpstreamResponse,
     counted: StreamTally,
     splitter: sse.SSESplitter,
     waited: _Waited,
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's events as they come; what one upstream read brought leaves in one
     write (one ASGI message)."""
-    chunks = response.aiter_bytes()  # decoded, should the upstream compress after all
+    chunks = response.chunks()  # decoded, should the upstream compress after all
     while True:
         wait_start = time.perf_counter()
         try:

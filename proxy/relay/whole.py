@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import orjson
 from starlette.responses import Response
 
@@ -16,13 +15,14 @@ from proxy.relay import send
 from proxy.relay.attach import with_member
 from proxy.relay.call import Call
 from proxy.relay.finish import Finisher, footprint_headers, footprint_object
+from proxy.transport import UpstreamRequest
 
 
 async def relay_whole(
     finisher: Finisher,
     call: Call,
     track: RequestTrack,
-    upstream_request: httpx.Request,
+    upstream_request: UpstreamRequest,
     reservation: Reservation,
 ) -> Response:
     upstream = call.need().upstream

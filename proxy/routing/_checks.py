@@ -10,9 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import httpx
-
 from proxy.config import RoutingSettings
+from proxy.transport import UpstreamFailure
 
 if TYPE_CHECKING:
     from proxy.upstreams import Upstream
@@ -32,12 +31,12 @@ class HealthChecks:
         started = time.perf_counter()
         try:
             response = await upstream.client.get(
-                self.settings.health_path, timeout=self.settings.health_timeout_s
+                self.settings.health_path, timeout_s=self.settings.health_timeout_s
             )
-            await response.aclose()
+            await response.read()  # to the end: the connection stays pooled
             ok = response.status_code < 500
-        except httpx.HTTPError as exc:
-            log.info("upstream %s: health check failed: %s", upstream.name, type(exc).__name__)
+        except UpstreamFailure as exc:
+            log.info("upstream %s: health check failed: %s", upstream.name, exc.kind)
             ok = False
         if ok:
             upstream.health.observe_probe(time.perf_counter() - started)

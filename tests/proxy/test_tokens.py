@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,9 +14,27 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from proxy.tokens import PromptTokenizer, delta_tokens
+from proxy.transport import Timeouts, UpstreamClient
 from tests.support.servers import ServerThread
 
 TEXT = "the quick brown fox jumps"  # 5 tokens on every server below: one per word
+
+
+@asynccontextmanager
+async def upstream_client() -> AsyncIterator[UpstreamClient]:
+    """The client an upstream's tokenizer is asked with (no base URL of its own here: the
+    tokenizer URLs are absolute)."""
+    client = UpstreamClient(
+        "http://127.0.0.1:9",
+        headers={},
+        timeouts=Timeouts(connect_s=2.0, read_s=2.0),
+        max_connections=4,
+        keepalive_expiry_s=5.0,
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def token_ids(text: str) -> list[int]:
@@ -76,7 +94,7 @@ def tokenizers() -> Iterator[str]:
 async def test_each_servers_tokenizer_counts_the_prompt(
     tokenizers: str, path: str, shape: Any
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with upstream_client() as client:
         tokenizer = PromptTokenizer(client, tokenizers + path, shape)
         assert await tokenizer.count("m", TEXT) == (5, "tokenizer")
         assert await tokenizer.count("m", TEXT + " again") == (6, "tokenizer")
@@ -85,14 +103,14 @@ async def test_each_servers_tokenizer_counts_the_prompt(
 async def test_a_shape_the_server_does_not_speak_falls_back_to_the_rule_of_thumb(
     tokenizers: str,
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with upstream_client() as client:
         # llama.cpp's server given vLLM's shape says "no tokens": not taken for a count.
         tokenizer = PromptTokenizer(client, tokenizers + "/llama/tokenize", "vllm")
         assert await tokenizer.count("m", TEXT) == (6, "approximate")  # 25 characters / 4
 
 
 async def test_an_unreachable_tokenizer_falls_back_to_the_rule_of_thumb() -> None:
-    async with httpx.AsyncClient() as client:
+    async with upstream_client() as client:
         tokenizer = PromptTokenizer(client, "http://127.0.0.1:9/tokenize", "auto")
         assert await tokenizer.count("m", TEXT) == (6, "approximate")
 

@@ -1,4 +1,4 @@
-"""The aiohttp transport under httpx, against real sockets: what httpx callers see for each
+"""The upstream client on aiohttp's pool, against real sockets: what the relay sees for each
 way an upstream can fail, bodies streamed as they arrive, connections pooled and closed."""
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
-import httpx
 import orjson
 import pytest
 
 from proxy.config import UpstreamSettings
-from proxy.transport import AiohttpTransport
+from proxy.transport import Timeouts, UpstreamClient, UpstreamFailure, UpstreamTimedOut
 from proxy.upstreams import build_client
 from tests.support.servers import free_port
 
@@ -48,18 +47,40 @@ async def read_head(reader: asyncio.StreamReader) -> bytes:
     return head + body
 
 
-def client(url: str, transport: AiohttpTransport | None = None, **kw: object) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=url,
-        transport=transport or AiohttpTransport(httpx.Limits(max_connections=10)),
-        **kw,  # type: ignore[arg-type]
+@asynccontextmanager
+async def client(
+    url: str,
+    *,
+    connect_s: float = 5.0,
+    read_s: float = 5.0,
+    max_connections: int = 10,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[UpstreamClient]:
+    http = UpstreamClient(
+        url,
+        headers=headers or {},
+        timeouts=Timeouts(connect_s=connect_s, read_s=read_s),
+        max_connections=max_connections,
+        keepalive_expiry_s=5.0,
     )
+    try:
+        yield http
+    finally:
+        await http.aclose()
+
+
+async def post(http: UpstreamClient, path: str, content: bytes = b"{}") -> tuple[int, bytes]:
+    """Send a POST and read its whole answer."""
+    response = await http.send(http.request("POST", path, content=content))
+    return response.status_code, await response.read()
 
 
 async def test_refused_connection_is_connect_error() -> None:
     async with client(f"http://127.0.0.1:{free_port()}") as http:
-        with pytest.raises(httpx.ConnectError):
-            await http.post("/v1/chat/completions", content=b"{}")
+        with pytest.raises(UpstreamFailure) as failed:
+            await post(http, "/v1/chat/completions")
+    assert failed.value.kind == "ConnectError"
+    assert not isinstance(failed.value, UpstreamTimedOut)
 
 
 @contextmanager
@@ -80,9 +101,10 @@ def full_backlog() -> Iterator[str]:
 
 async def test_connect_timeout_is_connect_timeout() -> None:
     with full_backlog() as url:
-        async with client(url, timeout=httpx.Timeout(5.0, connect=0.2)) as http:
-            with pytest.raises(httpx.ConnectTimeout):
-                await http.get("/v1/models")
+        async with client(url, connect_s=0.2) as http:
+            with pytest.raises(UpstreamTimedOut) as failed:
+                await http.get("/v1/models", timeout_s=0.2)
+    assert failed.value.kind == "ConnectTimeout"
 
 
 async def test_server_that_never_answers_is_read_timeout() -> None:
@@ -91,9 +113,10 @@ async def test_server_that_never_answers_is_read_timeout() -> None:
         await reader.read()  # until the client gives up and closes
         writer.close()
 
-    async with raw_server(silent) as url, client(url, timeout=httpx.Timeout(5.0, read=0.2)) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            await http.post("/v1/chat/completions", content=b"{}")
+    async with raw_server(silent) as url, client(url, read_s=0.2) as http:
+        with pytest.raises(UpstreamTimedOut) as failed:
+            await post(http, "/v1/chat/completions")
+    assert failed.value.kind == "ReadTimeout"
 
 
 async def test_server_silent_mid_body_is_read_timeout() -> None:
@@ -104,14 +127,12 @@ async def test_server_silent_mid_body_is_read_timeout() -> None:
         await reader.read()
         writer.close()
 
-    async with (
-        raw_server(stalls) as url,
-        client(url, timeout=httpx.Timeout(5.0, read=0.2)) as http,
-        http.stream("POST", "/v1/completions", content=b"{}") as response,
-    ):
+    async with raw_server(stalls) as url, client(url, read_s=0.2) as http:
+        response = await http.send(http.request("POST", "/v1/completions", content=b"{}"))
         assert response.status_code == 200
-        with pytest.raises(httpx.ReadTimeout):
-            await response.aread()
+        with pytest.raises(UpstreamTimedOut) as failed:
+            await response.read()
+    assert failed.value.kind == "ReadTimeout"
 
 
 async def test_server_closing_before_answering_is_remote_protocol_error() -> None:
@@ -120,8 +141,9 @@ async def test_server_closing_before_answering_is_remote_protocol_error() -> Non
         writer.close()
 
     async with raw_server(hangs_up) as url, client(url) as http:
-        with pytest.raises(httpx.RemoteProtocolError):
-            await http.post("/v1/chat/completions", content=b"{}")
+        with pytest.raises(UpstreamFailure) as failed:
+            await post(http, "/v1/chat/completions")
+    assert failed.value.kind == "RemoteProtocolError"
 
 
 @pytest.mark.parametrize(
@@ -138,15 +160,14 @@ async def test_server_dying_mid_stream_is_a_protocol_or_read_error(answer: bytes
         await writer.drain()
         writer.close()
 
-    async with (
-        raw_server(dies) as url,
-        client(url) as http,
-        http.stream("POST", "/v1/chat/completions", content=b"{}") as response,
-    ):
+    async with raw_server(dies) as url, client(url) as http:
+        response = await http.send(http.request("POST", "/v1/chat/completions", content=b"{}"))
         assert response.status_code == 200
-        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-            async for _ in response.aiter_raw():
+        with pytest.raises(UpstreamFailure) as failed:
+            async for _ in response.chunks():
                 pass
+        await response.aclose()
+    assert failed.value.kind in ("RemoteProtocolError", "ReadError")
 
 
 async def test_stream_chunks_arrive_before_the_next_is_sent() -> None:
@@ -169,17 +190,15 @@ async def test_stream_chunks_arrive_before_the_next_is_sent() -> None:
         await writer.drain()
         writer.close()
 
-    async with (
-        raw_server(events) as url,
-        client(url) as http,
-        http.stream("POST", "/v1/chat/completions", content=b"{}") as response,
-    ):
-        chunks = response.aiter_raw()
+    async with raw_server(events) as url, client(url) as http:
+        response = await http.send(http.request("POST", "/v1/chat/completions", content=b"{}"))
+        chunks = response.chunks()
         for i, seen in enumerate(received):
             got = await asyncio.wait_for(anext(chunks), PATIENCE_S)
             assert got == b"data: %d\n\n" % i
             seen.set()
         assert [c async for c in chunks] == []
+        await response.aclose()
 
 
 async def test_cut_short_stream_closes_the_upstream_connection() -> None:
@@ -198,8 +217,9 @@ async def test_cut_short_stream_closes_the_upstream_connection() -> None:
         writer.close()
 
     async with raw_server(endless) as url, client(url) as http:
-        async with http.stream("POST", "/v1/chat/completions", content=b"{}") as response:
-            assert await anext(response.aiter_raw()) == b"data: 0\n\n"
+        response = await http.send(http.request("POST", "/v1/chat/completions", content=b"{}"))
+        assert await anext(response.chunks()) == b"data: 0\n\n"
+        await response.aclose()  # cut short
         await asyncio.wait_for(closed.wait(), PATIENCE_S)
 
 
@@ -216,7 +236,7 @@ async def test_cancelled_request_closes_the_upstream_connection() -> None:
         writer.close()
 
     async with raw_server(slow) as url, client(url) as http:
-        task = asyncio.create_task(http.post("/v1/chat/completions", content=b"{}"))
+        task = asyncio.create_task(post(http, "/v1/chat/completions"))
         await asyncio.wait_for(arrived.wait(), PATIENCE_S)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -224,7 +244,7 @@ async def test_cancelled_request_closes_the_upstream_connection() -> None:
         await asyncio.wait_for(closed.wait(), PATIENCE_S)
 
 
-async def test_answers_reuse_one_connection_and_keep_httpx_headers() -> None:
+async def test_answers_reuse_one_connection_and_send_only_the_given_headers() -> None:
     connections: list[list[bytes]] = []
 
     async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -245,27 +265,32 @@ async def test_answers_reuse_one_connection_and_keep_httpx_headers() -> None:
             await writer.drain()
         writer.close()
 
-    async with raw_server(keep_alive) as url, client(url, headers={"authorization": "k"}) as http:
-        first = await http.post("/v1/embeddings?x=%2F", content=b'{"a":1}')
-        second = await http.post("/v1/embeddings", content=b'{"a":2}')
+    async with raw_server(keep_alive) as url, client(url, headers={"Authorization": "k"}) as http:
+        first = await http.send(
+            http.request("POST", "/v1/embeddings", content=b'{"a":1}', query="x=%2F")
+        )
+        first_body = await first.read()
+        second = await http.send(http.request("POST", "/v1/embeddings", content=b'{"a":2}'))
+        second_body = await second.read()
 
-    assert (first.status_code, first.reason_phrase) == (201, "Created")
-    assert first.json() == {"n": 1} and second.json() == {"n": 2}  # gzip undone once, by httpx
-    assert first.headers.get_list("x-twice") == ["a", "b"]
+    assert first.status_code == 201
+    assert orjson.loads(first_body) == {"n": 1} and orjson.loads(second_body) == {"n": 2}
+    assert first.headers["x-twice"] == "a, b"  # one name, its values in order
+    assert first.headers["content-type"] == "application/json"  # names in lower case
     assert len(connections) == 1 and len(connections[0]) == 2
     head, _, body = connections[0][0].partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     assert lines[0] == b"POST /v1/embeddings?x=%2F HTTP/1.1"
     sent = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines)}
     assert sent[b"authorization"] == b"k"
-    assert sent[b"user-agent"].startswith(b"python-httpx/")  # httpx's, not aiohttp's
-    assert b"content-type" not in sent  # none given, none invented
+    assert sent[b"user-agent"].startswith(b"footprint/")  # the proxy's, not aiohttp's
+    assert b"content-type" not in sent and b"accept" not in sent  # none given, none invented
     assert body == b'{"a":1}'
 
 
 async def test_max_connections_bounds_the_pool() -> None:
     """With one connection allowed and it busy, a second request waits for it and times out
-    as httpx does (a timeout: the relay's 504)."""
+    (a timeout: the relay's 504)."""
     started = asyncio.Event()
 
     async def holds(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -274,20 +299,18 @@ async def test_max_connections_bounds_the_pool() -> None:
         await reader.read()
         writer.close()
 
-    transport = AiohttpTransport(httpx.Limits(max_connections=1))
-    timeout = httpx.Timeout(5.0, pool=0.2, connect=0.1)
-    async with raw_server(holds) as url, client(url, transport, timeout=timeout) as http:
-        first = asyncio.create_task(http.post("/v1/completions", content=b"{}"))
+    async with raw_server(holds) as url, client(url, connect_s=0.1, max_connections=1) as http:
+        first = asyncio.create_task(post(http, "/v1/completions"))
         await asyncio.wait_for(started.wait(), PATIENCE_S)
-        with pytest.raises(httpx.TimeoutException):
-            await http.post("/v1/completions", content=b"{}")
+        with pytest.raises(UpstreamTimedOut):
+            await post(http, "/v1/completions")
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
 
 
 async def test_upstream_client_sends_no_cookie_an_upstream_set() -> None:
-    """build_client's client (on this transport by default) keeps no cookies: one caller's
+    """build_client's client keeps no cookies: one caller's
     Set-Cookie from the upstream must never reach the upstream again with another caller."""
     cookies_sent: list[bytes | None] = []
 
@@ -313,7 +336,10 @@ async def test_upstream_client_sends_no_cookie_an_upstream_set() -> None:
 
     async with raw_server(sets_cookie) as url:
         settings = UpstreamSettings(name="u", base_url=f"{url}/v1", models=["*"])
-        async with build_client(settings) as http:
+        http = build_client(settings)
+        try:
             for _ in range(2):
-                assert (await http.post("/chat/completions", content=b"{}")).status_code == 200
+                assert (await post(http, "/chat/completions"))[0] == 200
+        finally:
+            await http.aclose()
     assert cookies_sent == [None, None]

@@ -57,9 +57,38 @@ def build_raw_aiohttp_app(upstream: str) -> Starlette:
     return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
 
 
+def build_pyreqwest_app(upstream: str) -> Starlette:
+    """The same pass-through on pyreqwest (Rust's reqwest under asyncio): issue 17's candidate."""
+    from pyreqwest.client import ClientBuilder
+
+    clients: list[object] = []
+
+    async def relay(request: Request) -> Response:
+        body = await request.body()
+        client = clients[0]
+        builder = client.post(upstream + request.url.path.removeprefix("/v1"))  # type: ignore[attr-defined]
+        builder = builder.header("content-type", "application/json").body_bytes(body)
+        async with builder.build_streamed() as answer:
+            kept = {k: v for k, v in answer.headers.items() if k.lower() in _KEEP}
+            content = bytes(await answer.bytes())
+        return Response(content, answer.status, kept)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        client = ClientBuilder().max_connections(256).build()
+        clients.append(client)
+        async with client:
+            yield
+
+    paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
+
+
 def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
     if client_kind == "raw-aiohttp":
         return build_raw_aiohttp_app(upstream)
+    if client_kind == "pyreqwest":
+        return build_pyreqwest_app(upstream)
     httpx = importlib.import_module("httpx2" if client_kind == "httpx2" else "httpx")
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     transport = None
@@ -105,7 +134,7 @@ if __name__ == "__main__":
     parser.add_argument("--upstream", default="http://127.0.0.1:9100/v1")
     parser.add_argument("--port", type=int, default=9201)
     parser.add_argument(
-        "--client", choices=("httpx", "aiohttp", "httpx2", "ours", "raw-aiohttp"), default="httpx"
+        "--client", choices=("httpx", "aiohttp", "httpx2", "ours", "raw-aiohttp", "pyreqwest"), default="httpx"
     )
     args = parser.parse_args()
     app = build_app(args.upstream, args.client)

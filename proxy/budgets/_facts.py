@@ -6,6 +6,7 @@ and the period arithmetic. The in-process and Redis backends both build on this 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,9 +127,19 @@ def validate_budget(metric: str, period: str, limit: float) -> None:
         raise InvalidRequest("limit must be a finite number, zero or more", param="limit")
 
 
-def _period_keys(now_s: float) -> tuple[str, str]:
-    moment = datetime.fromtimestamp(now_s, UTC)
+_SECONDS_PER_DAY = 86_400
+
+
+@functools.lru_cache(maxsize=4)
+def _day_keys(day_number: int) -> tuple[str, str]:
+    moment = datetime.fromtimestamp(day_number * _SECONDS_PER_DAY, UTC)
     return moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
+
+
+def _period_keys(now_s: float) -> tuple[str, str]:
+    """The UTC day and month `now_s` falls in ("2025-03-14", "2025-03"): worked out once a
+    day (every request asks; Unix time has no leap seconds, so a UTC day is 86,400 s)."""
+    return _day_keys(math.floor(now_s / _SECONDS_PER_DAY))
 
 
 def period_starts(day: str, month: str) -> dict[str, datetime | None]:

@@ -44,6 +44,16 @@ from proxy.upstreams import Upstream
 log = logging.getLogger("footprint.relay")
 
 
+def first_values(request: Request) -> dict[str, str]:
+    """The request's headers as one dict, read once (Starlette's `Headers` scans its list on
+    every look-up): lower-case names, as ASGI gives them; a name sent twice keeps its first
+    value, as `Headers.get` does."""
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in reversed(request.headers.raw)
+    }
+
+
 def _new_id() -> str:
     return f"req-{uuid.uuid4().hex}"
 
@@ -61,7 +71,8 @@ class Relay:
     async def handle(self, request: Request, endpoint: str) -> Response:
         """Relay one request to `endpoint` (a key of `ENDPOINTS`); every outcome is an answer,
         and every answer carries the request's id."""
-        own_id = request.headers.get("x-request-id")
+        headers = first_values(request)
+        own_id = headers.get("x-request-id")
         call = Call(
             request_id=own_id if own_id and checks.valid_request_id(own_id) else _new_id(),
             spec=ENDPOINTS[endpoint],
@@ -71,11 +82,11 @@ class Relay:
         call.client_id = call.request_id == own_id
         telemetry = self.services.telemetry
         if telemetry is not None:
-            call.telemetry = telemetry.begin(request.headers, call)
+            call.telemetry = telemetry.begin(headers, call)
         try:
             if own_id and not call.client_id:
                 checks.check_request_id(own_id)  # raises: say why the id was refused
-            response = await self._handle(request, call)
+            response = await self._handle(request, call, headers)
         except ProxyError as error:
             response = self._refusal(call, error)
         except Exception as exc:
@@ -98,8 +109,8 @@ class Relay:
             telemetry.fail(call.telemetry, call, error)
         return call.spec.errors.response(error, {"x-request-id": call.request_id})
 
-    async def _handle(self, request: Request, call: Call) -> Response:
-        body = await self._admit(request, call)
+    async def _handle(self, request: Request, call: Call, headers: dict[str, str]) -> Response:
+        body = await self._admit(request, call, headers)
         asked = call.need()
         budgets = self.services.budgets
         try:
@@ -122,8 +133,8 @@ class Relay:
             # with a key twice was checked by its last value; its raw bytes could say
             # otherwise to an upstream that reads the first).
             content = orjson.dumps(body)
-            upstream_request = self._upstream_request(request, call, content)
-            track = self._track(request, call, content)
+            upstream_request = self._upstream_request(headers, call, content)
+            track = self._track(headers, call, content)
             relay = relay_stream if asked.stream else relay_whole
             return await relay(self.finisher, call, track, upstream_request, reservation)
         except BaseException:
@@ -136,7 +147,7 @@ class Relay:
             await self.finisher.unclaim(call)
             raise
 
-    def _track(self, request: Request, call: Call, content: bytes) -> RequestTrack:
+    def _track(self, headers: dict[str, str], call: Call, content: bytes) -> RequestTrack:
         """The request's meter track; with several candidates, one that follows the request
         to the next candidate when an attempt fails before the answer begins."""
         attempts, asked = call.attempts, call.need()
@@ -145,7 +156,7 @@ class Relay:
 
         def request_for(upstream: Upstream) -> UpstreamRequest:
             call.asked = dataclasses.replace(call.need(), upstream=upstream)
-            return self._upstream_request(request, call, content)
+            return self._upstream_request(headers, call, content)
 
         attempts.request_for = request_for
         return attempts.track(call.request_id, asked.model)
@@ -163,10 +174,10 @@ class Relay:
         if await self.services.ledger.has_request(call.request_id):
             raise duplicate
 
-    async def _admit(self, request: Request, call: Call) -> dict[str, Any]:
+    async def _admit(self, request: Request, call: Call, headers: dict[str, str]) -> dict[str, Any]:
         """Authenticate, read, check, route: `call.asked` is set, or an error is raised."""
         services, spec = self.services, call.spec
-        principal = await services.auth.authenticate(spec.credential(request.headers))
+        principal = await services.auth.authenticate(spec.credential(headers))
         call.team, call.key_id = principal.team, principal.key_id
         _raw, body = await read_json(request, self.settings.server.max_body_bytes)
         model = checks.require_model(body)
@@ -213,9 +224,11 @@ class Relay:
                 return (holder,)
         return candidates
 
-    def _upstream_request(self, request: Request, call: Call, content: bytes) -> UpstreamRequest:
+    def _upstream_request(
+        self, incoming: dict[str, str], call: Call, content: bytes
+    ) -> UpstreamRequest:
         asked = call.need()
-        headers = send.upstream_headers(request.headers, call.spec, asked.upstream, call.request_id)
+        headers = send.upstream_headers(incoming, call.spec, asked.upstream, call.request_id)
         telemetry = self.services.telemetry
         if telemetry is not None and call.telemetry is not None:
             telemetry.inject(call.telemetry, headers)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -18,9 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 
@@ -32,7 +31,7 @@ from meters.meter import build_meter
 from proxy.auth import Authenticator
 from proxy.budgets import open_budgets, open_rate_limits
 from proxy.config import Settings, UpstreamSettings
-from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable
+from proxy.errors import NotFound, ProxyError, ServiceUnavailable
 from proxy.idle import IdleRecorder
 from proxy.ledger import ERROR_TYPES as LEDGER_ERROR_TYPES
 from proxy.ledger import open_ledger
@@ -177,12 +176,12 @@ def create_app(
     intensity_transport: httpx.AsyncBaseTransport | None = None,
     telemetry: Any = None,
     environ: Mapping[str, str] | None = None,
-) -> FastAPI:
+) -> Starlette:
     """The Footprint ASGI app. Everything that does I/O is built in the lifespan."""
     environ = os.environ if environ is None else environ
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstreams = [
             build_upstream(
                 settings,
@@ -261,45 +260,33 @@ def create_app(
             if tel is not None:
                 tel.shutdown()
 
-    app = FastAPI(
-        title="Footprint",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        **_no_native_telemetry(),
-    )
-    app.router.routes.extend(openai.relay_routes())  # the hot path, matched first
-    app.include_router(openai.router)
-    app.include_router(health.router)
-    app.include_router(openapi.router)
-    app.include_router(admin_router)
-    app.include_router(upstreams_router)
-    app.include_router(limits_router)
-    app.include_router(footprint_router)
-    app.include_router(views_router)
-    app.include_router(dashboard_router)
+    routers = [
+        openai.router,
+        health.router,
+        openapi.router,
+        admin_router,
+        upstreams_router,
+        limits_router,
+        footprint_router,
+        views_router,
+        dashboard_router,
+    ]
     if telemetry is not False:
         from proxy.telemetry import metrics_router
 
-        app.include_router(metrics_router)
+        routers.append(metrics_router)
+    routes = [
+        *openai.relay_routes(),  # the hot path, matched first
+        *(route for declared in routers for route in declared.routes),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
     _install_error_handlers(app)
     return app
 
 
-def _no_native_telemetry() -> dict[str, Any]:
-    """FastAPI's own OpenTelemetry off (where this FastAPI has it): Footprint's telemetry
-    makes the request spans and metrics, and FastAPI's would look up the global providers on
-    every request only to double them if someone configured them."""
-    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
-        return {}
-    off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    return {"telemetry": {**off, "auto_configure": False}}
-
-
-def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route serves on the request's path (each asked of the router, as
-    included routers keep their routes to themselves)."""
+def _allowed_methods(app: Starlette, request: Request) -> list[str]:
+    """Every method some route serves on the request's path (each route asked, as Starlette
+    names the methods of the first route on the path only)."""
     methods = []
     for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
         scope = {**request.scope, "method": method}
@@ -311,21 +298,10 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return methods
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: Starlette) -> None:
     async def proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
         return exc.to_response()
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        location = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = (
-            f"{location}: {first.get('msg', 'invalid request')}"
-            if location
-            else str(first.get("msg", "invalid request"))
-        )
-        return InvalidRequest(message, param=location or None).to_response()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -354,6 +330,5 @@ def _install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, unexpected)
 
     app.add_exception_handler(ProxyError, proxy_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

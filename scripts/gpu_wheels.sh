@@ -2,7 +2,7 @@
 # Downloads into .whl/ the wheels that the GPU device image lacks, for bench/gpu_validate.py.
 #
 # The device image ('cuda', Python 3.12.3) has PyTorch, httpx, h11, click, packaging, wrapt,
-# prometheus-client, nvidia-ml-py, MarkupSafe and psutil, but not FastAPI, Starlette, uvicorn,
+# prometheus-client, nvidia-ml-py, MarkupSafe and psutil, but not Starlette, uvicorn,
 # pydantic, orjson, SQLAlchemy, aiosqlite, Alembic, OpenTelemetry or ecologits, and it cannot
 # reach a registry: the wheels travel with the working tree (`carry: [".whl"]`) and are installed
 # there with `pip install --no-index --no-deps --target` (bench/gpu_README.md has the line).
@@ -27,7 +27,6 @@ fi
 
 PACKAGES=(
     # the proxy's web stack
-    fastapi==0.165.0
     starlette==1.10.0
     uvicorn==0.54.0
     anyio==4.16.0
@@ -36,7 +35,6 @@ PACKAGES=(
     annotated-types==0.8.0
     typing-inspection==0.4.5
     typing_extensions==4.16.0
-    annotated-doc==0.0.7
     orjson==3.13.0
     # the ledger
     SQLAlchemy==2.1.9

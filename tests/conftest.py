@@ -85,15 +85,14 @@ ADMIN_KEY = "admin-" + "k" * 40
 
 @pytest.fixture
 async def services_app(sqlite_url: str) -> AsyncIterator[object]:
-    """A FastAPI app with the admin and footprint routers over a real SQLite ledger, the
+    """A Starlette app with the admin and footprint routes over a real SQLite ledger, the
     in-process budgets and key authentication; `app.state` as `proxy.app` sets it up."""
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
+    from starlette.applications import Starlette
 
     from proxy.auth import Authenticator
     from proxy.budgets import open_budgets
     from proxy.config import parse_settings
-    from proxy.errors import InvalidRequest, ProxyError
+    from proxy.errors import ProxyError
     from proxy.ledger import open_ledger
     from proxy.routes.admin import admin_router
     from proxy.routes.dashboard import dashboard_router
@@ -102,16 +101,9 @@ async def services_app(sqlite_url: str) -> AsyncIterator[object]:
 
     settings = parse_settings({"ledger": {"url": sqlite_url}})
     ledger = await open_ledger(settings.ledger)
-    app = FastAPI()
-    app.include_router(admin_router)
-    app.include_router(footprint_router)
-    app.include_router(views_router)
-    app.include_router(dashboard_router)
+    routers = (admin_router, footprint_router, views_router, dashboard_router)
+    app = Starlette(routes=[route for router in routers for route in router.routes])
     app.add_exception_handler(ProxyError, lambda _r, e: e.to_response())  # type: ignore[arg-type, return-value]
-    app.add_exception_handler(
-        RequestValidationError,
-        lambda _r, e: InvalidRequest(str(e)).to_response(),  # type: ignore[arg-type, return-value]
-    )
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.auth = Authenticator(ledger, "keys", ADMIN_KEY)

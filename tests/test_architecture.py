@@ -1,9 +1,11 @@
 """The dependency rules of style.md, checked on the source: `meters` never imports `proxy`,
-only one module touches each vendor library, nothing imports `proxy.app`."""
+only one module touches each vendor library, nothing imports `proxy.app`, no FastAPI."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,3 +81,30 @@ def test_telemetry_does_not_import_the_relay() -> None:
         if any(name.startswith("proxy.relay") for name in imports_of(p))
     ]
     assert users == []
+
+
+def test_nothing_imports_fastapi() -> None:
+    users = [
+        str(p.relative_to(ROOT))
+        for p in modules("proxy") + modules("meters")
+        if any(name == "fastapi" or name.startswith("fastapi.") for name in imports_of(p))
+    ]
+    assert users == []
+
+
+def test_a_worker_with_the_app_built_has_not_loaded_fastapi(tmp_path: Path) -> None:
+    """Not even through a dependency: FastAPI and its layers cost each worker about 7 MB of
+    RSS (issue 17), and the app is plain Starlette routes."""
+    script = f"""
+import sys
+from proxy.app import create_app
+from proxy.cli import main
+from proxy.config import parse_settings
+settings = parse_settings({{"ledger": {{"url": "sqlite:///{tmp_path / "ledger.db"}"}}}})
+create_app(settings)
+print(sorted(m for m in sys.modules if m.split(".")[0] == "fastapi"))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -11,15 +11,16 @@ import re
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import generate_key
 from proxy.budgets import METRICS, PERIODS
 from proxy.errors import Conflict, InvalidRequest, NotFound
 from proxy.ledger import AlreadyExists, UnknownTeam
+from proxy.routes import Router
 
-admin_router = APIRouter(prefix="/admin")
+admin_router = Router(prefix="/admin")
 
 TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 KEY_ID = re.compile(r"^key_[0-9a-f]{16}$")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, NotFound
 from proxy.ledger import UnknownKey, UnknownTeam
+from proxy.routes import Router
 from proxy.routes.admin import (
     KEY_ID,
     check_team_name,
@@ -20,7 +21,7 @@ from proxy.routes.admin import (
     require_admin,
 )
 
-limits_router = APIRouter(prefix="/admin")
+limits_router = Router(prefix="/admin")
 
 FIELDS = {"team", "key_id", "requests_per_minute", "tokens_per_minute"}
 MAX_PER_MINUTE = 10**12

@@ -4,15 +4,16 @@ traffic (calibrations), and its zone's grid intensity now. Admin key only."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from meters import MeterError
+from proxy.routes import Router
 from proxy.routes.admin import json_response, require_admin
 from proxy.services import Services
 from proxy.upstreams import Upstream
 
-upstreams_router = APIRouter(prefix="/admin")
+upstreams_router = Router(prefix="/admin")
 
 
 @upstreams_router.get("/upstreams")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import APIRouter
 from starlette.responses import FileResponse, Response
 
 from proxy.errors import NotFound
+from proxy.routes import Router
 
-dashboard_router = APIRouter()
+dashboard_router = Router()
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "dashboard" / "static"
 # docs/methodology.md of a source checkout (how Footprint is installed: `pip install -e`).

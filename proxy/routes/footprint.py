@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from meters.numbers import format_decimal
@@ -21,8 +21,9 @@ from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound
 from proxy.ledger import GROUP_KEYS, MARKET_FIELDS, SUM_FIELDS, iso, usage_totals
 from proxy.ledger import parse_moment as ledger_moment
+from proxy.routes import Router
 
-footprint_router = APIRouter(prefix="/v1/footprint")
+footprint_router = Router(prefix="/v1/footprint")
 
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 REQUEST_ID_MAX_CHARS = 200

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Request
 from starlette.datastructures import QueryParams
+from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound
 from proxy.ledger import BUCKETS, ORDER_FIELDS, SERIES_KEYS, SUM_FIELDS, iso
+from proxy.routes import Router
 from proxy.routes.footprint import TEAM_NAME, _caller, _json, _scope, parse_moment, usage_csv
 
-views_router = APIRouter(prefix="/v1/footprint")
+views_router = Router(prefix="/v1/footprint")
 
 MAX_SERIES_ROWS = 50_000
 MAX_TOP_REQUESTS = 100

@@ -6,12 +6,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from proxy.routes import Router
 
 log = logging.getLogger("footprint.health")
 
-router = APIRouter()
+router = Router()
 
 
 @router.get("/healthz")

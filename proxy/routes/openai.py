@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from proxy.errors import ModelNotFound
 from proxy.relay import ENDPOINTS, Relay
 from proxy.relay.counting import count_tokens
+from proxy.routes import Router
 from proxy.services import Services
 
-router = APIRouter()
+router = Router()
 
 
 def relay_of(request: Request) -> Relay:
@@ -47,10 +48,9 @@ async def messages_count_tokens(request: Request) -> Response:
 
 
 def relay_routes() -> list[BaseRoute]:
-    """One POST route per entry of the endpoint table, and the stored-response routes, as
-    plain Starlette routes: they take the bare request, so FastAPI's per-route dependency and
-    response machinery has nothing to do for them; registered ahead of every router, they
-    are also the first routes matched."""
+    """One POST route per entry of the endpoint table, and the stored-response routes, each
+    calling its handler with the bare request; registered ahead of every router's routes,
+    they are the first routes matched."""
     stored = "/v1/responses/{response_id}"
     relayed = [Route(s.route, _relayed(name), methods=["POST"]) for name, s in ENDPOINTS.items()]
     return [

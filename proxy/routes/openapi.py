@@ -1,8 +1,8 @@
 """`GET /openapi.json`: the OpenAPI document of Footprint's own routes and of the OpenAI
 request schemas it accepts (contract.md, second wave).
 
-Written out rather than generated: the relayed routes take the bare request (no FastAPI
-models on the hot path), and the bounds here are the ones the relay enforces
+Written out rather than generated: no route declares a request model (each handler parses
+the body it reads), and the bounds here are the ones the relay enforces
 (`proxy.relay.checks`), so a client or a fuzzer reads what the proxy will refuse.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
 from proxy.budgets import METRICS, PERIODS
@@ -21,8 +20,9 @@ from proxy.relay.checks import (
     MAX_MODEL_CHARS,
     MAX_REQUEST_ID_CHARS,
 )
+from proxy.routes import Router
 
-router = APIRouter()
+router = Router()
 
 _ERROR = {
     "type": "object",
@@ -209,6 +209,6 @@ def document() -> dict[str, Any]:
     }
 
 
-@router.get("/openapi.json", include_in_schema=False)
+@router.get("/openapi.json")
 async def openapi_json() -> JSONResponse:
     return JSONResponse(document())

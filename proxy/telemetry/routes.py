@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-metrics_router = APIRouter()
+from proxy.routes import Router
+
+metrics_router = Router()
 
 
-@metrics_router.get("/metrics", include_in_schema=False)
+@metrics_router.get("/metrics")
 def metrics(request: Request) -> Response:
-    # A plain `def`: FastAPI runs it in its thread pool, since collecting runs the meters'
+    # A plain `def`: Starlette runs it in its thread pool, since collecting runs the meters'
     # observable callbacks, which must not hold up the event loop.
     telemetry = getattr(request.app.state, "telemetry", None)
     if not telemetry:

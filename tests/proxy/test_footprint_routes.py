@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from tests.conftest import ADMIN_KEY
 from tests.proxy.ledger.records import record
@@ -25,7 +25,7 @@ async def team_key(client: httpx.AsyncClient, team: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def keys(client: httpx.AsyncClient, services_app: FastAPI) -> dict[str, dict[str, str]]:
+async def keys(client: httpx.AsyncClient, services_app: Starlette) -> dict[str, dict[str, str]]:
     ledger = services_app.state.ledger
     out = {"search": await team_key(client, "search"), "ads": await team_key(client, "ads")}
     rows = [
@@ -87,7 +87,7 @@ async def test_usage_window(client: httpx.AsyncClient, keys: Any) -> None:
 
 
 async def test_traces_are_scoped_too(
-    client: httpx.AsyncClient, keys: Any, services_app: FastAPI
+    client: httpx.AsyncClient, keys: Any, services_app: Starlette
 ) -> None:
     mine = await client.get(f"/v1/footprint/traces/{TRACE}", headers=keys["search"])
     assert mine.status_code == 200

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from tests.conftest import ADMIN_KEY
 from tests.proxy.ledger.records import record
@@ -24,7 +24,7 @@ def at(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 @pytest.fixture
-async def keys(client: httpx.AsyncClient, services_app: FastAPI) -> dict[str, dict[str, str]]:
+async def keys(client: httpx.AsyncClient, services_app: Starlette) -> dict[str, dict[str, str]]:
     ledger = services_app.state.ledger
     out = {"search": await team_key(client, "search"), "ads": await team_key(client, "ads")}
     rows = [

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from meters.meter import MeasuredMeter
 from proxy.app import create_app
@@ -81,7 +81,7 @@ class Rig:
     fake: FakeNvml
     gpu: GpuUpstream
     proxy: ServerThread
-    app: FastAPI
+    app: Starlette
 
     @property
     def meter(self) -> MeasuredMeter:

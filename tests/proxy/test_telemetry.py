@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from meters import Footprint
 from proxy.config import TelemetrySettings, UpstreamSettings
@@ -471,8 +471,7 @@ def test_gpu_idle_and_other_energy_are_observed_from_the_meters() -> None:
 
 
 def scrape(telemetry: Telemetry) -> dict[str, list[Any]]:
-    app = FastAPI()
-    app.include_router(metrics_router)
+    app = Starlette(routes=metrics_router.routes)
     app.state.telemetry = telemetry
     with TestClient(app) as client:
         response = client.get("/metrics")

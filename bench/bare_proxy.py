@@ -4,8 +4,9 @@ uvicorn), no metering, no auth, no ledger. Whatever Footprint costs beyond this 
 Run: python bench/bare_proxy.py --upstream http://127.0.0.1:9100/v1 --port 9201 [--client C]
 `--client httpx` (default, Footprint's client), `aiohttp` (httpx on aiohttp's transport from the
 `httpx-aiohttp` package, as LiteLLM does), `httpx2` (pydantic's fork, with a linear pool),
-`ours` (httpx on Footprint's own `proxy/transport.py`, over aiohttp's pool: what Footprint
-runs) or `raw-aiohttp` (aiohttp's client used directly, no httpx layer: issue 17's candidate).
+`ours` (Footprint's own upstream client, `proxy/transport.py`: aiohttp's pool used directly,
+what Footprint runs since issue 17), `raw-aiohttp` (aiohttp's client alone, none of ours) or
+`pyreqwest` (Rust's reqwest under asyncio: issue 17's other candidate).
 """
 
 import argparse
@@ -84,11 +85,53 @@ def build_pyreqwest_app(upstream: str) -> Starlette:
     return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
 
 
+def build_ours_app(upstream: str) -> Starlette:
+    """The same pass-through on Footprint's own upstream client (`proxy/transport.py`)."""
+    from proxy.transport import Timeouts, UpstreamClient
+
+    client = UpstreamClient(
+        upstream,
+        headers={},
+        timeouts=Timeouts(connect_s=10.0, read_s=300.0),
+        max_connections=256,
+        keepalive_expiry_s=30.0,
+    )
+
+    async def relay(request: Request) -> Response:
+        body = await request.body()
+        outgoing = client.request(
+            "POST",
+            request.url.path.removeprefix("/v1"),
+            headers={"content-type": "application/json"},
+            content=body,
+        )
+        answer = await client.send(outgoing)
+        kept = {k: v for k, v in answer.headers.items() if k in _KEEP}
+        if answer.headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(
+                answer.chunks(),
+                answer.status_code,
+                kept,
+                background=BackgroundTask(answer.aclose),
+            )
+        return Response(await answer.read(), answer.status_code, kept)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        yield
+        await client.aclose()
+
+    paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
+
+
 def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
     if client_kind == "raw-aiohttp":
         return build_raw_aiohttp_app(upstream)
     if client_kind == "pyreqwest":
         return build_pyreqwest_app(upstream)
+    if client_kind == "ours":
+        return build_ours_app(upstream)
     httpx = importlib.import_module("httpx2" if client_kind == "httpx2" else "httpx")
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     transport = None
@@ -96,10 +139,6 @@ def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
         from httpx_aiohttp import AiohttpTransport
 
         transport = AiohttpTransport(limits=limits)
-    elif client_kind == "ours":
-        from proxy.transport import AiohttpTransport as OurTransport
-
-        transport = OurTransport(limits=limits)
     client = httpx.AsyncClient(base_url=upstream, limits=limits, transport=transport)
 
     async def relay(request: Request) -> Response:
@@ -134,7 +173,9 @@ if __name__ == "__main__":
     parser.add_argument("--upstream", default="http://127.0.0.1:9100/v1")
     parser.add_argument("--port", type=int, default=9201)
     parser.add_argument(
-        "--client", choices=("httpx", "aiohttp", "httpx2", "ours", "raw-aiohttp", "pyreqwest"), default="httpx"
+        "--client",
+        choices=("httpx", "aiohttp", "httpx2", "ours", "raw-aiohttp", "pyreqwest"),
+        default="httpx",
     )
     args = parser.parse_args()
     app = build_app(args.upstream, args.client)

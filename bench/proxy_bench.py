@@ -61,19 +61,28 @@ PORTS = {
     "footprint": 9202,
     "litellm": 9203,
     "bare-aiohttp": 9204,
-    "footprint-aiohttp": 9205,
+    "footprint-granian": 9205,
     "bare-httpx2": 9206,
     "footprint-old": 9207,
     "footprint-w1": 9208,
     "footprint-w2": 9209,
     "bare-ours": 9210,
     "bare-raw-aiohttp": 9211,
+    "bare-pyreqwest": 9212,
 }
 ALL_TARGETS = ("direct", "footprint", "bare", "litellm")
-EXPERIMENTAL = ("bare-aiohttp", "footprint-aiohttp", "bare-httpx2")
+EXPERIMENTAL = ("bare-aiohttp", "bare-httpx2")
 # Issue 17: `--old-tree` (a checkout of an older commit, run beside this one), and `--workers`
 # 1 and 2 with budgets in Redis (what more than one worker needs), both on both cores.
-OPTIONAL = ("footprint-old", "footprint-w1", "footprint-w2", "bare-ours", "bare-raw-aiohttp")
+OPTIONAL = (
+    "footprint-old",
+    "footprint-w1",
+    "footprint-w2",
+    "bare-ours",
+    "bare-raw-aiohttp",
+    "bare-pyreqwest",
+    "footprint-granian",
+)
 BOTH_CORES = "0,1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -274,8 +283,10 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
     py = sys.executable
     extra_env: dict[str, str] = {}
     core, cwd = PROXY_CORE, ROOT
-    if name.endswith("-aiohttp") and args.extra_path:
+    if name in ("bare-aiohttp", "bare-pyreqwest", "footprint-granian") and args.extra_path:
         extra_env["PYTHONPATH"] = args.extra_path
+    if name == "footprint-granian":  # its worker imports the app factory from here
+        extra_env["PYTHONPATH"] = os.pathsep.join(p for p in (args.extra_path, str(BENCH)) if p)
     if name.startswith("bare"):
         argv = [py, str(BENCH / "bare_proxy.py"), "--upstream", upstream, "--port", str(port)]
         argv += ["--client", name.partition("-")[2] or "httpx"]
@@ -296,8 +307,8 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
                 raise RuntimeError("footprint-old needs --old-tree (a checkout of the old commit)")
             cwd = Path(args.old_tree).resolve()
             extra_env["PYTHONPATH"] = str(cwd)
-        elif name == "footprint-aiohttp":
-            argv = [py, str(BENCH / "proxy_bench.py"), "serve-footprint-aiohttp", str(config)]
+        elif name == "footprint-granian":
+            argv = [py, str(BENCH / "proxy_bench.py"), "serve-footprint-granian", str(config)]
     elif name == "litellm":
         exe = Path(args.litellm) / "bin" / "litellm"
         if not exe.exists():
@@ -324,31 +335,39 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
     return target
 
 
-def serve_footprint_aiohttp(config: str) -> int:
-    """Footprint exactly as `footprint serve` builds it, but with its upstream httpx clients
-    on aiohttp's transport (the `httpx-aiohttp` package, as LiteLLM does): an experiment."""
+def serve_footprint_granian(config: str) -> int:
+    """Footprint's app exactly as `footprint serve` builds it, served by granian (Rust's
+    hyper; its ASGI interface, one worker, one runtime thread, uvloop) instead of uvicorn:
+    issue 17's candidate server. granian has none of `proxy/server.py`'s limits, so this is
+    a measurement, not a way to run Footprint."""
     sys.path.insert(0, str(ROOT))
-    import httpx
-    import uvicorn
-    from httpx_aiohttp import AiohttpTransport
+    from granian import Granian  # type: ignore[import-not-found]
+    from granian.constants import Interfaces, Loops, RuntimeModes  # type: ignore[import-not-found]
 
-    from proxy.app import create_app
     from proxy.config import load_settings
 
     settings = load_settings(config)
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=30)
-    transports: dict[str, httpx.AsyncBaseTransport] = {
-        u.name: AiohttpTransport(limits=limits) for u in settings.upstreams
-    }
-    app = create_app(settings, upstream_transports=transports)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
+    os.environ["FOOTPRINT_BENCH_CONFIG"] = config
+    Granian(
+        "proxy_bench:_granian_app",
+        address=settings.server.host,
         port=settings.server.port,
-        log_level=settings.server.log_level,
-        access_log=False,
-    )
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=1,
+        runtime_mode=RuntimeModes.st,
+        loop=Loops.uvloop,
+        log_enabled=False,
+    ).serve()
     return 0
+
+
+def _granian_app() -> Any:
+    sys.path.insert(0, str(ROOT))
+    from proxy.app import create_app
+    from proxy.config import load_settings
+
+    return create_app(load_settings(os.environ["FOOTPRINT_BENCH_CONFIG"]))
 
 
 # ---- phases ------------------------------------------------------------------------------
@@ -772,7 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase-s", type=float, default=10.0)
     parser.add_argument("--out", default=str(BENCH / "results"))
     parser.add_argument("--litellm", default="/tmp/litellm-venv", help="LiteLLM's own venv")
-    parser.add_argument("--extra-path", default="", help="PYTHONPATH for httpx-aiohttp")
+    parser.add_argument(
+        "--extra-path", default="", help="PYTHONPATH for httpx-aiohttp, pyreqwest, granian"
+    )
     parser.add_argument("--old-tree", default="", help="checkout of the commit footprint-old runs")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="footprint-w1/w2")
     commands = parser.add_subparsers(dest="command")
@@ -785,15 +806,15 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument(
         "--load", choices=("wrk", "stream"), default="wrk", help="phase a's or phase c's load"
     )
-    serve = commands.add_parser("serve-footprint-aiohttp", help=argparse.SUPPRESS)
+    serve = commands.add_parser("serve-footprint-granian", help=argparse.SUPPRESS)
     serve.add_argument("config")
     summary = commands.add_parser("summarize", help="summarize a py-spy raw profile")
     summary.add_argument("path")
     args = parser.parse_args(argv)
     if args.command == "profile":
         return run_profile(args)
-    if args.command == "serve-footprint-aiohttp":
-        return serve_footprint_aiohttp(args.config)
+    if args.command == "serve-footprint-granian":
+        return serve_footprint_granian(args.config)
     if args.command == "summarize":
         print(summarize_profile(Path(args.path)))
         return 0

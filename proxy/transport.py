@@ -138,19 +138,28 @@ class UpstreamResponse:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self.headers = headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body (decoded, should the upstream compress it anyway), each piece as soon as
-        it arrives: a server-sent event is relayed the moment it lands."""
+    async def next_chunk(self) -> bytes:
+        """The next piece of the body (decoded, should the upstream compress it anyway) as
+        soon as it arrives, so a server-sent event is relayed the moment it lands; b"" at the
+        end. (A coroutine, not an async generator: asyncio registers every async generator
+        as it starts, which costs more than reading a small answer.)"""
         try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+            return await self._response.content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise failure(exc) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Every piece of the body, as `next_chunk` gives them."""
+        while chunk := await self.next_chunk():
+            yield chunk
 
     async def read(self) -> bytes:
         """The whole body; the response is closed after."""
         try:
-            return b"".join([chunk async for chunk in self.chunks()])
+            parts = []
+            while chunk := await self.next_chunk():
+                parts.append(chunk)
+            return b"".join(parts)
         finally:
             await self.aclose()
 

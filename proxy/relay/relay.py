@@ -179,7 +179,7 @@ class Relay:
         services, spec = self.services, call.spec
         principal = await services.auth.authenticate(spec.credential(headers))
         call.team, call.key_id = principal.team, principal.key_id
-        _raw, body = await read_json(request, self.settings.server.max_body_bytes)
+        _raw, body = await read_json(request, self.settings.server.max_body_bytes, headers)
         model = checks.require_model(body)
         spec.check(body)
         call.model = model

@@ -86,7 +86,7 @@ async def read_whole(upstream: Upstream, response: UpstreamResponse) -> bytes:
             raise too_large
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.chunks():
+        while chunk := await response.next_chunk():
             size += len(chunk)
             if size > limit:
                 raise too_large
@@ -108,7 +108,7 @@ async def read_error(upstream: Upstream, response: UpstreamResponse) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.chunks():
+        while chunk := await response.next_chunk():
             chunks.append(chunk)
             size += len(chunk)
             if size >= limit:

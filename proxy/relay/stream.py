@@ -118,15 +118,12 @@ async def _pass_on(
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's events as they come; what one upstream read brought leaves in one
     write (one ASGI message)."""
-    chunks = response.chunks()  # decoded, should the upstream compress after all
     while True:
         wait_start = time.perf_counter()
-        try:
-            chunk = await anext(chunks)
-        except StopAsyncIteration:
-            waited.s += time.perf_counter() - wait_start
-            return
+        chunk = await response.next_chunk()  # decoded, should the upstream compress after all
         waited.s += time.perf_counter() - wait_start
+        if not chunk:
+            return
         out: list[bytes] = []
         for event in splitter.feed(chunk):
             step = counted.feed(event)

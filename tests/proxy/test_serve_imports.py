@@ -1,8 +1,8 @@
 """`footprint serve` imports an optional backend only when it is configured: on one machine
 (SQLite, no Redis, the estimate meter, no OTLP endpoint, a model size given) Redis, asyncpg,
 NVML, the OTLP exporters and their protobufs, Alembic (the schema current), PostgreSQL's SQL
-dialect and EcoLogits' model catalogue are never imported, and a replica's RSS carries none of
-them. Each is imported once its setting says so.
+dialect, EcoLogits' model catalogue and httpx (upstreams are aiohttp's) are never imported, and
+a replica's RSS carries none of them. Each backend is imported once its setting says so.
 
 The process is the real one: `footprint serve` through `proxy.cli.main`, requests through it,
 stopped with Ctrl-C; a wrapper script then writes the names in its `sys.modules`.
@@ -47,6 +47,7 @@ PROTOBUF = "google.protobuf"
 ALEMBIC = "alembic"
 POSTGRESQL_DIALECT = "sqlalchemy.dialects.postgresql"
 CATALOGUE = "ecologits"
+HTTPX = "httpx"  # upstreams are aiohttp's; httpx is for the meters' scrapes and live intensity
 
 
 def _imported(modules: list[str], package: str) -> bool:
@@ -102,7 +103,9 @@ def test_one_machine_serve_imports_no_optional_backend(
     modules = serve_modules("one-machine", config, tmp_path)
 
     assert "proxy.app" in modules and "sqlalchemy.dialects.sqlite" in modules  # it did serve
-    for package in (REDIS, ASYNCPG, NVML, OTLP, PROTOBUF, ALEMBIC, POSTGRESQL_DIALECT, CATALOGUE):
+    for package in (
+        *(REDIS, ASYNCPG, NVML, OTLP, PROTOBUF, ALEMBIC, POSTGRESQL_DIALECT, CATALOGUE, HTTPX),
+    ):
         assert not _imported(modules, package), package
 
 

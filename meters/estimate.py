@@ -184,7 +184,11 @@ class Estimator:
         self.server_power_w_per_gpu = server_power_w_per_gpu
         self.accelerator_memory_gb = accelerator_memory_gb
         self._calibrations = calibrations
-        self._catalog = catalog if catalog is not None else ModelCatalog.from_ecologits()
+        if catalog is None and hardware.active_params_b is None and hardware.total_params_b is None:
+            # Only then is the catalogue consulted: an upstream that gives its model's size
+            # never loads EcoLogits' (1.7 MB resident).
+            catalog = ModelCatalog.from_ecologits()
+        self._catalog = catalog
 
     def model_spec(self, model: str) -> ModelSpec | None:
         """The parameter counts used for `model`: the hardware's when set, else the catalogue's."""
@@ -195,6 +199,7 @@ class Estimator:
             total = total if total is not None else active
             assert active is not None and total is not None
             return ModelSpec(model, active, total, source="hardware")
+        assert self._catalog is not None  # built above whenever the hardware gives no count
         return self._catalog.lookup(model)
 
     def estimate(

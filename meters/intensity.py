@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from meters.constants import INTENSITY_DATA_YEAR
 from meters.types import FactorSource, Intensity, MeterError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "TABLE_LABEL",
@@ -236,6 +237,8 @@ class ElectricityMapsProvider:
     ) -> None:
         if ttl_s <= 0 or timeout_s <= 0 or retry_after_error_s < 0:
             raise ValueError("ttl_s and timeout_s must be positive, retry_after_error_s >= 0")
+        import httpx  # here, not at the top: 6 MB a one-machine serve never needs
+
         self.table = table
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
@@ -272,6 +275,8 @@ class ElectricityMapsProvider:
         return await asyncio.shield(task)
 
     async def _refresh(self, zone: str) -> Intensity:
+        import httpx
+
         try:
             async with asyncio.timeout(self._timeout_s):
                 gco2e_per_kwh, detail, observed_at = await self._fetch(zone)

@@ -13,9 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from meters.accounts import AccountBook, Bucket
 from meters.attribution import DEFAULT_ALPHA, Attributor
@@ -24,6 +22,9 @@ from meters.sampler import DEFAULT_TICK_S, Sampler
 from meters.sources.base import EnergySource, GpuReading
 from meters.sources.engine import EngineActivitySource
 from meters.types import Hardware, Measurement, MeterError, RequestMeter, RequestTrack
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger(__name__)
 

@@ -16,14 +16,15 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from meters.numbers import format_decimal
 from proxy.budgets import METRICS
 from proxy.config import Settings, load_settings
 from proxy.ledger import parse_moment
+
+if TYPE_CHECKING:
+    import httpx
 
 NUMBER_COLUMNS = (
     "requests",
@@ -118,6 +119,9 @@ def _common(parser: argparse.ArgumentParser, action: Callable[..., int]) -> None
 
 
 def _run(action: Callable[..., int], args: argparse.Namespace) -> int:
+    # httpx imported here, not at the top: `footprint serve` registers these commands too.
+    import httpx
+
     try:
         settings = load_settings(args.config)
         with admin_client(args, settings=settings) as client:
@@ -150,6 +154,8 @@ def admin_client(
     transport: httpx.BaseTransport | None = None,
     settings: Settings | None = None,
 ) -> httpx.Client:
+    import httpx
+
     environ = os.environ if environ is None else environ
     if settings is None:
         settings = load_settings(args.config, environ=environ)

@@ -13,10 +13,9 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -48,6 +47,9 @@ from proxy.routing import CircuitBreaker, HealthChecks, UpstreamHealth
 from proxy.services import Services
 from proxy.upstreams import Upstream, UpstreamRouter, build_client
 from proxy.warmup import warm_up
+
+if TYPE_CHECKING:
+    import httpx  # types only: the meters' and the intensity provider's transports
 
 log = logging.getLogger("footprint")
 

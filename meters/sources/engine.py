@@ -22,10 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from meters.types import MeterError
+
+if TYPE_CHECKING:
+    import httpx
 
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
@@ -116,6 +118,8 @@ class EngineActivitySource:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        import httpx  # here, not at the top: 6 MB a one-machine serve never needs
+
         self.url = url
         self._client = httpx.Client(transport=transport, timeout=timeout_s)
         self._clock = clock
@@ -127,6 +131,8 @@ class EngineActivitySource:
     def read(self) -> ActivitySample:
         """Scrape once. Raises `NoEngineCounters` when the page has none, `MeterError` on any
         other failure."""
+        import httpx
+
         try:
             response = self._client.get(self.url, headers={"accept": "text/plain"})
         except httpx.HTTPError as exc:

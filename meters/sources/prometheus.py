@@ -15,13 +15,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import SupportsFloat
+from typing import TYPE_CHECKING, SupportsFloat
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from meters.sources.base import EnergySample
 from meters.types import MeterError
+
+if TYPE_CHECKING:
+    import httpx
 
 DCGM_ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"  # mJ since the driver loaded
 DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"  # W
@@ -68,6 +70,8 @@ class PrometheusSource:
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        import httpx  # here, not at the top: 6 MB a one-machine serve never needs
+
         self.url = url
         self._wanted = list(gpus) if gpus is not None else None
         self._client = httpx.Client(transport=transport, timeout=timeout_s)
@@ -109,6 +113,8 @@ class PrometheusSource:
         self._client.close()
 
     def _scrape(self) -> str:
+        import httpx
+
         try:
             response = self._client.get(self.url, headers={"accept": "text/plain"})
         except httpx.TimeoutException as exc:

@@ -16,11 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from proxy.ledger._records import as_utc
-from proxy.ledger._schema import accounts, requests
+from proxy.ledger._schema import accounts, conflict_insert, requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +55,7 @@ _UPDATED = [c.name for c in accounts.columns if c.name not in ("meter", "bucket_
 def upsert(dialect: str) -> Any:
     """INSERT … ON CONFLICT (meter, bucket_start) DO UPDATE only where the new row measured
     more: repeating a write, or a second replica's, never adds."""
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(accounts)
+    insert = conflict_insert(dialect, accounts)
     return insert.on_conflict_do_update(
         index_elements=["meter", "bucket_start"],
         set_={name: insert.excluded[name] for name in _UPDATED},

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import case, event, func, insert, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.config import LedgerSettings
@@ -16,7 +15,7 @@ from proxy.ledger._accounts import AccountRow, read_balance, upsert
 from proxy.ledger._engine import build_engine, migrate, sqlite_target
 from proxy.ledger._health import SQLiteFile, check_sqlite_start, write_marker
 from proxy.ledger._records import LedgerRecord, as_utc, row_to_json
-from proxy.ledger._schema import accounts, idle, requests
+from proxy.ledger._schema import accounts, conflict_insert, idle, requests
 from proxy.ledger._series import SeriesQueries
 from proxy.ledger._sqlite_writer import SQLiteBatchWriter
 from proxy.ledger._store import Store
@@ -84,8 +83,9 @@ class Ledger(Store, SeriesQueries):
                 max_delay_s=settings.batch_max_delay_ms / 1000.0,
                 autocommit=dialect == "postgresql",
             )
-        self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(requests)
-        self._insert = self._insert.on_conflict_do_nothing(index_elements=["request_id"])
+        self._insert = conflict_insert(dialect, requests).on_conflict_do_nothing(
+            index_elements=["request_id"]
+        )
 
     @property
     def store(self) -> Store:

@@ -6,6 +6,8 @@ the two agree.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import (
     Boolean,
     Column,
@@ -19,8 +21,24 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import sqlite
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql
 
 metadata = MetaData()
+
+
+def conflict_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """`table`'s INSERT in the dialect's own form, the one that has ON CONFLICT. PostgreSQL's
+    module (2 MB resident, its asyncpg and psycopg dialects with it) is imported only for a
+    PostgreSQL ledger."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
 
 # One row per request the proxy served (or tried to).
 requests = Table(

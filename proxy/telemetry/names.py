@@ -5,8 +5,7 @@ them all; change both together."""
 from __future__ import annotations
 
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 # ---- span attributes -----------------------------------------------------------------------
 
@@ -151,7 +150,14 @@ def provider_name(host: str, upstream_settings: Any) -> str:
 
 
 def server_address(base_url: str) -> tuple[str, int]:
-    """(`server.address`, `server.port`) of an upstream's base URL."""
-    url = httpx.URL(base_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return url.host, port
+    """(`server.address`, `server.port`) of an upstream's base URL: the host in lower case
+    (an IPv6 literal as written, an IDNA name decoded, as httpx gave them), the port or the
+    scheme's default."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    written = parts.netloc.rpartition("@")[2]
+    if written.startswith("["):
+        host = written[1:].partition("]")[0]
+    elif "xn--" in host:
+        host = host.encode("ascii").decode("idna")
+    return host, parts.port or (443 if parts.scheme == "https" else 80)

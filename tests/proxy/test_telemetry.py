@@ -34,7 +34,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.telemetry import Telemetry, build_telemetry, metrics_router, resolve_plan
-from proxy.telemetry.names import ENDPOINTS, provider_name
+from proxy.telemetry.names import ENDPOINTS, provider_name, server_address
 from tests.proxy.conftest import proxy_settings
 from tests.proxy.otlp_receiver import OtlpReceiver
 from tests.support.fake_upstream import UpstreamLog
@@ -637,6 +637,32 @@ def test_provider_name_follows_the_host_else_the_upstream_name(
     settings = UpstreamSettings(name="local-vllm", base_url=base_url)
     host = base_url.split("/")[2].split(":")[0]
     assert provider_name(host, settings) == expected
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://api.openai.com/v1",
+        "http://LocalHost:8000/v1",
+        "https://EXAMPLE.com:443/v1",
+        "http://host:/v1",
+        "http://user:secret@gpu-node:81/v1",
+        "http://127.0.0.1/v1",
+        "http://[::1]:9/v1",
+        "http://[FE80::1]/v1",
+        "https://xn--fiqs8s.icom.museum/v1",
+        "https://Xn--Fiqs8s.COM/v1",
+        "https://bücher.de/v1",
+    ],
+)
+def test_server_address_and_port_are_the_ones_httpx_parses(base_url: str) -> None:
+    # Parsed without httpx, which a one-machine serve no longer imports; the labels are the
+    # ones it gave before.
+    url = httpx.URL(base_url)
+    assert server_address(base_url) == (
+        url.host,
+        url.port or (443 if url.scheme == "https" else 80),
+    )
 
 
 def test_endpoint_table_agrees_with_the_relay() -> None:

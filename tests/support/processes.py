@@ -107,9 +107,12 @@ class ProxyProcess:
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         args: Sequence[str] = (),
+        launcher: Sequence[str] = ("-m", "proxy.cli"),
     ) -> None:
         self.name = name
         self.args = list(args)  # more `footprint serve` options, e.g. --workers 2
+        # What Python runs, given `serve --config …` after it: the CLI, or a script around it.
+        self.launcher = list(launcher)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -134,7 +137,7 @@ class ProxyProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "proxy.cli", "serve"),
+                    *(sys.executable, *self.launcher, "serve"),
                     *("--config", str(self.config_path), *self.args),
                 ],
                 cwd=self.workdir,

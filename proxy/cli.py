@@ -124,6 +124,7 @@ def run_server(settings: Settings, workers: int = 1) -> int:
         access_log=False,
         # Nothing reads the client's address or scheme: X-Forwarded-* need not be parsed.
         proxy_headers=False,
+        ws="none",  # no WebSocket route: its protocol (and library) not loaded
         timeout_graceful_shutdown=10,
     )
     return 0
@@ -161,6 +162,7 @@ def _run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:
         log_level=settings.server.log_level,
         access_log=False,
         proxy_headers=False,  # as in run_server
+        ws="none",
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

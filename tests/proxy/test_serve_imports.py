@@ -48,6 +48,10 @@ ALEMBIC = "alembic"
 POSTGRESQL_DIALECT = "sqlalchemy.dialects.postgresql"
 CATALOGUE = "ecologits"
 HTTPX = "httpx"  # upstreams are aiohttp's; httpx is for the meters' scrapes and live intensity
+# Nothing Footprint serves is reloaded or a WebSocket: uvicorn without its [standard] extras'
+# file watcher, and with its WebSocket protocols off.
+WATCHFILES = "watchfiles"
+WEBSOCKETS = "websockets"
 
 
 def _imported(modules: list[str], package: str) -> bool:
@@ -105,6 +109,7 @@ def test_one_machine_serve_imports_no_optional_backend(
     assert "proxy.app" in modules and "sqlalchemy.dialects.sqlite" in modules  # it did serve
     for package in (
         *(REDIS, ASYNCPG, NVML, OTLP, PROTOBUF, ALEMBIC, POSTGRESQL_DIALECT, CATALOGUE, HTTPX),
+        *(WATCHFILES, WEBSOCKETS),
     ):
         assert not _imported(modules, package), package
 

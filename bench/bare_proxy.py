@@ -12,6 +12,7 @@ what Footprint runs since issue 17), `raw-aiohttp` (aiohttp's client alone, none
 import argparse
 import contextlib
 import importlib
+from collections.abc import AsyncIterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -69,9 +70,25 @@ def build_pyreqwest_app(upstream: str) -> Starlette:
         client = clients[0]
         builder = client.post(upstream + request.url.path.removeprefix("/v1"))  # type: ignore[attr-defined]
         builder = builder.header("content-type", "application/json").body_bytes(body)
-        async with builder.build_streamed() as answer:
-            kept = {k: v for k, v in answer.headers.items() if k.lower() in _KEEP}
+        streamed = builder.build_streamed()
+        answer = await streamed.__aenter__()
+        kept = {k: v for k, v in answer.headers.items() if k.lower() in _KEEP}
+        if answer.headers.get("content-type", "").startswith("text/event-stream"):
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while (chunk := await answer.body_reader.read_chunk()) is not None:
+                    yield bytes(chunk)
+
+            async def close() -> None:
+                await streamed.__aexit__(None, None, None)
+
+            return StreamingResponse(
+                chunks(), answer.status, kept, background=BackgroundTask(close)
+            )
+        try:
             content = bytes(await answer.bytes())
+        finally:
+            await streamed.__aexit__(None, None, None)
         return Response(content, answer.status, kept)
 
     @contextlib.asynccontextmanager

@@ -66,6 +66,7 @@ PORTS = {
     "footprint-old": 9207,
     "footprint-w1": 9208,
     "footprint-w2": 9209,
+    "footprint-sync-normal": 9213,
     "bare-ours": 9210,
     "bare-raw-aiohttp": 9211,
     "bare-pyreqwest": 9212,
@@ -82,6 +83,7 @@ OPTIONAL = (
     "bare-raw-aiohttp",
     "bare-pyreqwest",
     "footprint-granian",
+    "footprint-sync-normal",
 )
 BOTH_CORES = "0,1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -293,6 +295,8 @@ def start_target(name: str, args: argparse.Namespace, work: Path, log_dir: Path)
     elif name.startswith("footprint"):
         config = work / f"{name}.toml"
         ledger = work / f"{name}-ledger.db"
+        if name == "footprint-sync-normal":  # the WAL fsynced at checkpoints, not per commit
+            ledger = Path(f"{ledger}?synchronous=normal")
         config.write_text(
             FOOTPRINT_TOML.format(port=port, ledger=ledger, upstream_port=UPSTREAM_PORT)
         )

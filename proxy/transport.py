@@ -16,7 +16,6 @@ and its log lines say what they said before.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 import aiohttp
 import certifi
 import yarl
+
+from proxy import version
 
 __all__ = [
     "Timeouts",
@@ -73,7 +74,7 @@ _FAILURES: tuple[tuple[type[BaseException], str, bool], ...] = (
 )
 
 # What the upstream sees when the client's request named no user agent.
-_USER_AGENT = f"footprint/{importlib.metadata.version('footprint-proxy')}"
+_USER_AGENT = f"footprint/{version()}"
 
 # aiohttp would add its own Accept, Accept-Encoding, User-Agent and Content-Type where a
 # request set none; the relay says exactly what to send.

@@ -10,7 +10,6 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from importlib import metadata
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -31,16 +30,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.version import __version__ as sdk_version
 
+from proxy import version
 from proxy.config import TelemetrySettings
 from proxy.telemetry.config import TelemetryPlan, resolve_plan
 from proxy.telemetry.core import Telemetry
 
 
 def _service_version() -> str:
-    try:
-        return metadata.version("footprint-proxy")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
+    return version()
 
 
 def _resource(plan: TelemetryPlan) -> Resource:

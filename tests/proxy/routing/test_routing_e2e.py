@@ -194,13 +194,15 @@ def test_a_killed_upstream_is_routed_around_and_its_circuit_opens_and_half_opens
 
     # After open_s the circuit half-opens; a trial that succeeds closes it.
     _wait_until(lambda: proxy.routing()["a"]["circuit"] == "half-open", timeout_s=10)
-    UpstreamProcess(port=a.port).start()
+    # The same port again; killed by this object (a new one would kill nothing, and the
+    # restarted upstream outlived the test).
+    restarted = UpstreamProcess(port=a.port).start()
     try:
         trial = proxy.chat()
         assert trial.json()["footprint"]["route"]["upstream"] == "a"
         assert proxy.routing()["a"]["circuit"] == "closed"
     finally:
-        UpstreamProcess(port=a.port).kill()
+        restarted.kill()
 
 
 def test_upstream_errors_are_retried_and_the_client_sees_one_answer(

@@ -12,7 +12,8 @@ what Footprint runs since issue 17), `raw-aiohttp` (aiohttp's client alone, none
 import argparse
 import contextlib
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,6 +23,25 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 _KEEP = ("content-type", "x-request-id")
+_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+def _app(relay: Callable[[Request], Awaitable[Response]], lifespan: Any) -> Starlette:
+    """The pass-through's app: `relay` on each relayed path."""
+    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in _PATHS], lifespan=lifespan)
+
+
+def _passed_on(
+    content_type: str,
+    status: int,
+    kept: dict[str, str],
+    chunks: Callable[[], AsyncIterator[bytes]],
+    close: Callable[[], Awaitable[object]],
+) -> StreamingResponse | None:
+    """A stream's answer, relayed as its chunks come and closed after; None for a whole one."""
+    if not content_type.startswith("text/event-stream"):
+        return None
+    return StreamingResponse(chunks(), status, kept, background=BackgroundTask(close))
 
 
 def build_raw_aiohttp_app(upstream: str) -> Starlette:
@@ -38,15 +58,13 @@ def build_raw_aiohttp_app(upstream: str) -> Starlette:
             headers={"content-type": "application/json"},
         )
         kept = {k: v for k, v in answer.headers.items() if k.lower() in _KEEP}
-        if answer.headers.get("content-type", "").startswith("text/event-stream"):
-            return StreamingResponse(
-                answer.content.iter_any(),
-                answer.status,
-                kept,
-                background=BackgroundTask(answer.release),
-            )
-        content = await answer.read()
-        return Response(content, answer.status, kept)
+        ctype = answer.headers.get("content-type", "")
+
+        async def release() -> None:
+            answer.release()
+
+        streamed = _passed_on(ctype, answer.status, kept, answer.content.iter_any, release)
+        return streamed or Response(await answer.read(), answer.status, kept)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
@@ -55,8 +73,7 @@ def build_raw_aiohttp_app(upstream: str) -> Starlette:
         yield
         await session[0].close()
 
-    paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
+    return _app(relay, lifespan)
 
 
 def build_pyreqwest_app(upstream: str) -> Starlette:
@@ -73,18 +90,19 @@ def build_pyreqwest_app(upstream: str) -> Starlette:
         streamed = builder.build_streamed()
         answer = await streamed.__aenter__()
         kept = {k: v for k, v in answer.headers.items() if k.lower() in _KEEP}
-        if answer.headers.get("content-type", "").startswith("text/event-stream"):
 
-            async def chunks() -> AsyncIterator[bytes]:
-                while (chunk := await answer.body_reader.read_chunk()) is not None:
-                    yield bytes(chunk)
+        async def chunks() -> AsyncIterator[bytes]:
+            while (chunk := await answer.body_reader.read_chunk()) is not None:
+                yield bytes(chunk)
 
-            async def close() -> None:
-                await streamed.__aexit__(None, None, None)
+        async def close() -> None:
+            await streamed.__aexit__(None, None, None)
 
-            return StreamingResponse(
-                chunks(), answer.status, kept, background=BackgroundTask(close)
-            )
+        passed = _passed_on(
+            answer.headers.get("content-type", ""), answer.status, kept, chunks, close
+        )
+        if passed is not None:
+            return passed
         try:
             content = bytes(await answer.bytes())
         finally:
@@ -98,8 +116,7 @@ def build_pyreqwest_app(upstream: str) -> Starlette:
         async with client:
             yield
 
-    paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
+    return _app(relay, lifespan)
 
 
 def build_ours_app(upstream: str) -> Starlette:
@@ -124,22 +141,21 @@ def build_ours_app(upstream: str) -> Starlette:
         )
         answer = await client.send(outgoing)
         kept = {k: v for k, v in answer.headers.items() if k in _KEEP}
-        if answer.headers.get("content-type", "").startswith("text/event-stream"):
-            return StreamingResponse(
-                answer.chunks(),
-                answer.status_code,
-                kept,
-                background=BackgroundTask(answer.aclose),
-            )
-        return Response(await answer.read(), answer.status_code, kept)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await answer.next_chunk():
+                yield chunk
+
+        ctype = answer.headers.get("content-type", "")
+        streamed = _passed_on(ctype, answer.status_code, kept, chunks, answer.aclose)
+        return streamed or Response(await answer.read(), answer.status_code, kept)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         yield
         await client.aclose()
 
-    paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
+    return _app(relay, lifespan)
 
 
 def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
@@ -166,23 +182,16 @@ def build_app(upstream: str, client_kind: str = "httpx") -> Starlette:
         )
         answer = await client.send(outgoing, stream=True)
         kept = {k: v for k, v in answer.headers.items() if k in _KEEP}
-        if answer.headers.get("content-type", "").startswith("text/event-stream"):
-            return StreamingResponse(
-                answer.aiter_raw(),
-                answer.status_code,
-                kept,
-                background=BackgroundTask(answer.aclose),
-            )
-        content = await answer.aread()
-        return Response(content, answer.status_code, kept)
+        ctype = answer.headers.get("content-type", "")
+        streamed = _passed_on(ctype, answer.status_code, kept, answer.aiter_raw, answer.aclose)
+        return streamed or Response(await answer.aread(), answer.status_code, kept)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         yield
         await client.aclose()
 
-    paths = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-    return Starlette(routes=[Route(p, relay, methods=["POST"]) for p in paths], lifespan=lifespan)
+    return _app(relay, lifespan)
 
 
 if __name__ == "__main__":

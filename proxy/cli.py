@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from meters.constants import (
     AGENT_DEFAULT_PORT,
@@ -113,21 +113,28 @@ def run_server(settings: Settings, workers: int = 1) -> int:
         return 1
     if workers > 1:
         return _serve_workers(settings, workers)
-    from proxy.server import limited_protocol
-
     uvicorn.run(
         create_app(settings),
-        http=limited_protocol(settings.server),
         host=settings.server.host,
         port=settings.server.port,
-        log_level=settings.server.log_level,
-        access_log=False,
-        # Nothing reads the client's address or scheme: X-Forwarded-* need not be parsed.
-        proxy_headers=False,
-        ws="none",  # no WebSocket route: its protocol (and library) not loaded
-        timeout_graceful_shutdown=10,
+        **_uvicorn_options(settings),
     )
     return 0
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves Footprint, one process or each worker."""
+    from proxy.server import limited_protocol
+
+    return {
+        "http": limited_protocol(settings.server),
+        "log_level": settings.server.log_level,
+        "access_log": False,
+        # Nothing reads the client's address or scheme: X-Forwarded-* need not be parsed.
+        "proxy_headers": False,
+        "ws": "none",  # no WebSocket route: its protocol (and library) not loaded
+        "timeout_graceful_shutdown": 10,
+    }
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
@@ -149,22 +156,13 @@ def _run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.server import limited_protocol
     from proxy.telemetry.merge import serve_metrics
     from proxy.workers import bind
 
     app = create_app(settings)
     app.state.metrics_sockets = metrics_sockets
     serve_metrics(metrics_sockets[0], lambda: app.state.telemetry)
-    config = uvicorn.Config(
-        app,
-        http=limited_protocol(settings.server),
-        log_level=settings.server.log_level,
-        access_log=False,
-        proxy_headers=False,  # as in run_server
-        ws="none",
-        timeout_graceful_shutdown=10,
-    )
+    config = uvicorn.Config(app, **_uvicorn_options(settings))
     server = uvicorn.Server(config)
     # Bound but not listening: the kernel sends this worker no connection until uvicorn
     # listens on it, which is after the lifespan (and its warm-up) is done.

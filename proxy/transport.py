@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -149,11 +149,6 @@ class UpstreamResponse:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise failure(exc) from exc
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Every piece of the body, as `next_chunk` gives them."""
-        while chunk := await self.next_chunk():
-            yield chunk
-
     async def read(self) -> bytes:
         """The whole body; the response is closed after."""
         try:
@@ -197,9 +192,7 @@ class UpstreamClient:
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._max_connections = max_connections
         self._keepalive_expiry_s = keepalive_expiry_s
-        # The same verification as httpx's default (certifi's bundle, or SSL_CERT_FILE and
-        # SSL_CERT_DIR when set); made at start, not on the first request (loading takes a
-        # while).
+        # Made at start, not on the first request (loading the bundle takes a while).
         self._ssl_context = ssl_context or _ssl_context()
         self._urls: dict[str, yarl.URL] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -294,10 +287,9 @@ class UpstreamClient:
 
 
 def _ssl_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
+    """httpx's default verification: certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR instead
+    when set (the system store is not loaded besides)."""
     cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
     if cafile or capath:
-        context.load_verify_locations(cafile=cafile, capath=capath)
-    else:
-        context.load_verify_locations(cafile=certifi.where())
-    return context
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())

@@ -164,7 +164,7 @@ async def test_server_dying_mid_stream_is_a_protocol_or_read_error(answer: bytes
         response = await http.send(http.request("POST", "/v1/chat/completions", content=b"{}"))
         assert response.status_code == 200
         with pytest.raises(UpstreamFailure) as failed:
-            async for _ in response.chunks():
+            while await response.next_chunk():
                 pass
         await response.aclose()
     assert failed.value.kind in ("RemoteProtocolError", "ReadError")
@@ -192,12 +192,11 @@ async def test_stream_chunks_arrive_before_the_next_is_sent() -> None:
 
     async with raw_server(events) as url, client(url) as http:
         response = await http.send(http.request("POST", "/v1/chat/completions", content=b"{}"))
-        chunks = response.chunks()
         for i, seen in enumerate(received):
-            got = await asyncio.wait_for(anext(chunks), PATIENCE_S)
+            got = await asyncio.wait_for(response.next_chunk(), PATIENCE_S)
             assert got == b"data: %d\n\n" % i
             seen.set()
-        assert [c async for c in chunks] == []
+        assert await response.next_chunk() == b""  # the end, nothing after it
         await response.aclose()
 
 
@@ -218,7 +217,7 @@ async def test_cut_short_stream_closes_the_upstream_connection() -> None:
 
     async with raw_server(endless) as url, client(url) as http:
         response = await http.send(http.request("POST", "/v1/chat/completions", content=b"{}"))
-        assert await anext(response.chunks()) == b"data: 0\n\n"
+        assert await response.next_chunk() == b"data: 0\n\n"
         await response.aclose()  # cut short
         await asyncio.wait_for(closed.wait(), PATIENCE_S)
 

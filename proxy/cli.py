@@ -101,7 +101,12 @@ def run_server(settings: Settings, workers: int = 1) -> int:
     if refused:
         print(f"footprint: {refused}", file=sys.stderr)
         return 2
-    from proxy.ledger import LedgerConfigError, LedgerUnreachable, check_reachable
+    from proxy.ledger import (
+        LedgerConfigError,
+        LedgerUnreachable,
+        check_reachable,
+        migrate_in_child,
+    )
 
     try:
         asyncio.run(check_reachable(settings.ledger))
@@ -111,6 +116,8 @@ def run_server(settings: Settings, workers: int = 1) -> int:
     except LedgerUnreachable as error:
         print(f"footprint: {error}", file=sys.stderr)
         return 1
+    # Before the app (and, with workers, before the fork): no serving process imports Alembic.
+    migrate_in_child(settings.ledger)
     if workers > 1:
         return _serve_workers(settings, workers)
     uvicorn.run(

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from proxy.config import LedgerSettings
 from proxy.ledger import open_ledger
@@ -61,14 +63,19 @@ def _imported(modules: list[str], package: str) -> bool:
 
 
 def serve_modules(
-    name: str, config: dict[str, Any], workdir: Path, requests: bool = True
+    name: str,
+    config: dict[str, Any],
+    workdir: Path,
+    requests: bool = True,
+    args: Sequence[str] = (),
 ) -> list[str]:
-    """Start `footprint serve` with `config`, send it a whole and a streamed chat request
-    (with `requests`), ask /readyz, stop it with SIGINT; the modules it had imported."""
+    """Start `footprint serve` with `config` (and `args`), send it a whole and a streamed chat
+    request (with `requests`), ask /readyz, stop it with SIGINT; the modules it had imported
+    (with `--workers`, the supervisor's)."""
     wrapper = workdir / "serve_and_list_modules.py"
     wrapper.write_text(_WRAPPER)
     out = workdir / f"{name}-modules.json"
-    proxy = ProxyProcess(name, config, workdir, launcher=(str(wrapper), str(out)))
+    proxy = ProxyProcess(name, config, workdir, args=args, launcher=(str(wrapper), str(out)))
     proxy.start()
     try:
         with httpx.Client(base_url=proxy.url, timeout=30.0) as client:
@@ -135,6 +142,21 @@ def test_a_new_ledger_is_migrated_without_alembic_in_the_serving_process(
     assert "proxy.app" in modules  # it did serve, on the migrated ledger
     assert not _imported(modules, ALEMBIC)
     assert asyncio.run(_revision(url)) == SCHEMA_HEAD
+
+
+@pytest.mark.redis
+def test_workers_are_forked_after_what_each_would_import_for_itself(
+    tmp_path: Path, upstream: ServerThread
+) -> None:
+    # Imported by the supervisor, these pages are shared by both workers instead of copied.
+    config = replica_config(upstream.url, f"sqlite:///{tmp_path / 'ledger.db'}", REDIS_URL)
+    config["server"]["auth"] = "none"
+
+    modules = serve_modules("workers", config, tmp_path, args=("--workers", "2"))
+
+    assert "proxy.app" in modules and ALEMBIC not in modules
+    for module in (REDIS + ".asyncio", "uvloop", "anyio._backends._asyncio", "_strptime"):
+        assert module in modules, module
 
 
 def test_each_backend_is_imported_when_it_is_configured(tmp_path: Path, pg_url: str) -> None:

@@ -101,7 +101,12 @@ def run_server(settings: Settings, workers: int = 1) -> int:
     if refused:
         print(f"footprint: {refused}", file=sys.stderr)
         return 2
-    from proxy.ledger import LedgerConfigError, LedgerUnreachable, check_reachable
+    from proxy.ledger import (
+        LedgerConfigError,
+        LedgerUnreachable,
+        check_reachable,
+        migrate_in_child,
+    )
 
     try:
         asyncio.run(check_reachable(settings.ledger))
@@ -111,6 +116,8 @@ def run_server(settings: Settings, workers: int = 1) -> int:
     except LedgerUnreachable as error:
         print(f"footprint: {error}", file=sys.stderr)
         return 1
+    # Before the app (and, with workers, before the fork): no serving process imports Alembic.
+    migrate_in_child(settings.ledger)
     if workers > 1:
         return _serve_workers(settings, workers)
     uvicorn.run(
@@ -146,7 +153,23 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     except OSError as error:
         print(f"footprint: cannot listen on {host}:{port}: {error}", file=sys.stderr)
         return 1
+    _import_before_fork(settings)
     return supervise(workers, sock, lambda peers: _run_worker(settings, peers))
+
+
+def _import_before_fork(settings: Settings) -> None:
+    """Import now what each worker's start would import for itself (its event loop, the
+    budget store's client, the warm-up's modules): imported before the fork, those pages are
+    shared by every worker instead of copied into each (2 workers: 144 -> 131 MB PSS in all)."""
+    import uvicorn
+
+    from proxy.budgets import import_store
+    from proxy.warmup import load_warm_up_modules
+
+    # The loop each worker's uvicorn will make (uvloop where installed); the app is not loaded.
+    uvicorn.Config("proxy.app:create_app", **_uvicorn_options(settings)).get_loop_factory()
+    import_store(settings.budgets)
+    load_warm_up_modules()
 
 
 def _run_worker(settings: Settings, metrics_sockets: list[Path]) -> int:

@@ -15,6 +15,7 @@ no upstream request; the budget read is the one a first request of team "default
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -37,6 +38,13 @@ def load_lazy_modules() -> None:
     "footprint.invalid".encode("idna")  # the IDNA codec, used by URL handling
     for name in getattr(anyio, "__all__", ()):  # anyio resolves its names on first use
         getattr(anyio, name, None)
+
+
+def load_warm_up_modules() -> None:
+    """Import all that `warm_up` imports, without its reads (an event loop of its own for
+    anyio's backend): `footprint serve --workers` does before it forks."""
+    load_lazy_modules()
+    asyncio.run(_warm_anyio())
 
 
 async def _warm_anyio() -> None:

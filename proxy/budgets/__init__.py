@@ -15,6 +15,7 @@ several. Private modules behind this one face, as `proxy/ledger/` is:
 from proxy.budgets._budgets import (
     Budgets,
     LocalBackend,
+    import_store,
     open_budgets,
 )
 from proxy.budgets._facts import (
@@ -69,6 +70,7 @@ __all__ = [
     "StoreUnavailable",
     "Usage",
     "header_metric",
+    "import_store",
     "open_budgets",
     "open_rate_limits",
     "period_key",

@@ -459,6 +459,15 @@ def _exceeded_message(team: str, lines: list[BudgetLine], worst: Usage) -> str:
     return f"team {team!r} has spent its budget"
 
 
+def import_store(settings: BudgetSettings) -> None:
+    """Import the client library `open_budgets(settings)` will use, connecting to nothing:
+    `footprint serve --workers` does before it forks, so that the workers share its pages."""
+    if settings.redis_url:
+        from proxy.budgets._redis import import_client
+
+        import_client()
+
+
 async def open_budgets(
     settings: BudgetSettings,
     store: BudgetStore,

@@ -43,6 +43,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("footprint.budgets")
 
+
+def import_client() -> None:
+    """Import what `RedisBackend` imports when it is made, connecting to nothing."""
+    import redis.asyncio
+    import redis.asyncio.retry
+    import redis.backoff  # noqa: F401
+
+
 _ATTEMPTS = 5
 
 # KEYS: 1 limits hash ("metric|period" -> limit, "_init" -> generation), 2 reservations hash

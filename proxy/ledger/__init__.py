@@ -8,6 +8,7 @@ from proxy.ledger._accounts import ACCOUNT_FIELDS, AccountRow
 from proxy.ledger._engine import LedgerConfigError
 from proxy.ledger._health import ERROR_TYPES, LedgerUnreachable, check_reachable, unavailable
 from proxy.ledger._ledger import IdlePolicy, Ledger, open_ledger
+from proxy.ledger._migration import migrate_in_child
 from proxy.ledger._records import (
     METRICS,
     PERIODS,
@@ -50,6 +51,7 @@ __all__ = [
     "check_reachable",
     "figure_columns",
     "iso",
+    "migrate_in_child",
     "open_ledger",
     "parse_moment",
     "unavailable",

@@ -4,6 +4,7 @@ traceback, and a start on a machine without a GPU does not flood the log."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -120,3 +121,21 @@ def test_serve_with_an_unreachable_ledger_is_one_line_without_its_password(
         "(ConnectionRefusedError)"
     ], result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_serve_on_a_ledger_it_cannot_migrate_stops_with_alembics_error_once(
+    tmp_path: Path,
+) -> None:
+    # A ledger written by a newer Footprint: no migration of this one leads from there.
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+    db.execute("INSERT INTO alembic_version VALUES ('9999')")
+    db.commit()
+    db.close()
+    config = replica_config("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'ledger.db'}")
+    (tmp_path / "footprint.toml").write_text(to_toml({**config, "server": {"auth": "none"}}))
+    result = footprint("serve", "--config", "footprint.toml", cwd=tmp_path)
+    assert result.returncode == 3  # uvicorn's "startup failed", as for any lifespan error
+    # The serving process's own migration says it (a child tried first, silently).
+    assert result.stderr.count("Can't locate revision identified by '9999'") == 1, result.stderr
+    assert "Application startup failed" in result.stderr

@@ -41,7 +41,10 @@ class Principal:
 
     def may_use(self, model: str) -> bool:
         """Whether this key may call `model`: "*", exact names and fnmatch globs."""
-        return any(p == "*" or p == model or fnmatch.fnmatchcase(model, p) for p in self.models)
+        models = self.models
+        if "*" in models or model in models:  # most keys: no glob to match
+            return True
+        return any(fnmatch.fnmatchcase(model, p) for p in models)
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,8 @@ class LocalBackend:
         self, team: str, request_id: str, worst: Usage, day: str, month: str
     ) -> tuple[bool, list[BudgetLine]]:
         state = await self._state(team, day, month)
+        if not state.limits:
+            return True, []  # nothing to check or hold (what is held expires once one is set)
         # From here to the end nothing awaits: check and reserve are one step.
         self._expire(state)
         lines = self._lines(state, day, month)

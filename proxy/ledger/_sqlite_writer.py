@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -72,7 +73,11 @@ class SQLiteBatchWriter:
         self._check_file = check_file
         self._synchronous = synchronous
         self._max_rows = max_rows
-        self._sql, self._params = _compiled_insert()
+        self._sql, params = _compiled_insert()
+        # The row's values in parameter order in one C call; a bind processor only where the
+        # column type has one (dates, booleans), not a Python step per column.
+        self._ordered = operator.itemgetter(*(name for name, _ in params))
+        self._processed = [(i, process) for i, (_, process) in enumerate(params) if process]
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,7 +177,7 @@ class SQLiteBatchWriter:
             self._wake(_settle_batch, [f for _, f in batch], [exc] * len(batch))
             return
         errors: list[BaseException | None] = [None] * len(batch)
-        values: list[tuple[Any, ...]] = []
+        values: list[list[Any]] = []
         for i, (row, _) in enumerate(batch):
             try:
                 values.append(self._values(row))
@@ -191,7 +196,7 @@ class SQLiteBatchWriter:
             self.rows_committed += committed
         self._wake(_settle_batch, [f for _, f in batch], errors)
 
-    def _insert_all(self, conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> None:
+    def _insert_all(self, conn: sqlite3.Connection, values: list[list[Any]]) -> None:
         if not values:
             return
         conn.execute("BEGIN IMMEDIATE")
@@ -204,7 +209,7 @@ class SQLiteBatchWriter:
             raise
 
     def _commit_one_by_one(
-        self, conn: sqlite3.Connection, values: list[tuple[Any, ...]]
+        self, conn: sqlite3.Connection, values: list[list[Any]]
     ) -> list[BaseException | None]:
         """After a failed batch: one row per statement, one commit, so a bad row fails alone."""
         errors: list[BaseException | None] = []
@@ -224,10 +229,11 @@ class SQLiteBatchWriter:
             return [exc] * len(values)
         return errors
 
-    def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(
-            row[name] if process is None else process(row[name]) for name, process in self._params
-        )
+    def _values(self, row: dict[str, Any]) -> list[Any]:
+        values = list(self._ordered(row))
+        for i, process in self._processed:
+            values[i] = process(values[i])
+        return values
 
     def _wake(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None

@@ -675,6 +675,94 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_paired(args: argparse.Namespace) -> int:
+    """CPU per request of several single-process targets served at the same time on the proxy
+    core, each under its own wrk (all on the load core): a machine whose speed drifts between
+    runs (15-30 % here within minutes) slows every target alike, so their ratios hold where
+    sequential phases' do not. Each target answers what its share of the core allows.
+
+    For two versions of Footprint (`footprint,footprint-old`): sharing the core's caches costs
+    both alike. Against a much smaller program (the floor) it does not: the bigger working set
+    loses more to the switches, so that ratio reads worse here than in sequential phases."""
+    check_machine()
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    both = [n for n in names if n == "direct" or n in ("footprint-w1", "footprint-w2")]
+    if both:
+        raise SystemExit(f"paired runs single-process proxies only, not {', '.join(both)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = out / f"logs-paired-{stamp}"
+    log_dir.mkdir()
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="footprint-bench-") as tmp:
+        work = Path(tmp)
+        script = wrk_script(work)
+        upstream = start_upstream(log_dir)
+        targets: list[Target] = []
+        try:
+            targets = [start_target(name, args, work, log_dir) for name in names]
+            connections = max(4, 32 // len(targets))
+            for target in targets:  # warm-up, one at a time
+                run_wrk(target.url, script, 3, connections)
+            for _ in range(args.rounds):
+                rounds.append(_paired_round(targets, script, args.duration, connections))
+        finally:
+            for target in targets:
+                if target.server is not None:
+                    target.server.stop()
+            upstream.stop()
+    base = names[-1]
+    lines = [
+        f"| round | {' | '.join(f'{n}: req/s, CPU ms/req' for n in names)} | "
+        f"{' | '.join(f'{n} / {base}' for n in names[:-1])} |",
+        "| ---: " * (1 + 2 * len(names) - 1) + "|",
+    ]
+    for i, found in enumerate(rounds, 1):
+        cells = [f"{found[n]['req_per_s']:.0f}, {found[n]['cpu_ms_per_req']:.3f}" for n in names]
+        ratios = [
+            f"{found[n]['cpu_ms_per_req'] / found[base]['cpu_ms_per_req']:.3f}" for n in names[:-1]
+        ]
+        lines.append(f"| {i} | {' | '.join(cells)} | {' | '.join(ratios)} |")
+    table = "\n".join(lines)
+    info = machine_info()
+    path = out / f"proxy-paired-{stamp}.json"
+    path.write_text(json.dumps({"machine": info, "rounds": rounds, "table": table}, indent=2))
+    print(
+        f"{stamp} · {info['cpu']}, {info['cpus']} CPUs · load avg at start "
+        f"{info['loadavg_at_start'][0]:.2f} · {len(names)} targets on core {PROXY_CORE} at once, "
+        f"wrk -c{max(4, 32 // len(names))} each, {args.rounds} rounds of {args.duration} s\n"
+    )
+    print(table)
+    print(f"\nraw results: {path}")
+    return 0
+
+
+def _paired_round(
+    targets: list[Target], script: Path, duration_s: int, connections: int
+) -> dict[str, Any]:
+    """One round: every target under its own wrk at once; CPU per request of each."""
+    before = {t.name: cpu_s(t.server.pid) for t in targets if t.server is not None}
+    wrk = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s"]
+    loads = {
+        t.name: subprocess.Popen(
+            [*wrk, "--latency", "-s", str(script), t.url],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for t in targets
+    }
+    found: dict[str, Any] = {}
+    for t in targets:
+        output, _ = loads[t.name].communicate()
+        result = parse_wrk(output)
+        assert t.server is not None
+        used = cpu_s(t.server.pid) - before[t.name]
+        result["cpu_ms_per_req"] = round(used * 1000.0 / max(1, result.get("requests", 0)), 3)
+        found[t.name] = result
+    return found
+
+
 def run_profile(args: argparse.Namespace) -> int:
     """py-spy the target while wrk loads it; writes an SVG flame graph and collapsed stacks,
     and prints where the time goes by component."""
@@ -810,6 +898,11 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument(
         "--load", choices=("wrk", "stream"), default="wrk", help="phase a's or phase c's load"
     )
+    paired = commands.add_parser(
+        "paired", help="several proxies on one core at once: CPU per request side by side"
+    )
+    paired.add_argument("--rounds", type=int, default=4)
+    paired.add_argument("--duration", type=int, default=8, help="seconds per round")
     serve = commands.add_parser("serve-footprint-granian", help=argparse.SUPPRESS)
     serve.add_argument("config")
     summary = commands.add_parser("summarize", help="summarize a py-spy raw profile")
@@ -817,6 +910,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "profile":
         return run_profile(args)
+    if args.command == "paired":
+        return run_paired(args)
     if args.command == "serve-footprint-granian":
         return serve_footprint_granian(args.config)
     if args.command == "summarize":

@@ -601,19 +601,31 @@ def start_upstream(log_dir: Path) -> Server:
     return upstream
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    check_machine()
+def target_names(args: argparse.Namespace) -> list[str]:
+    """The targets `--targets` (and `--experimental`) name; exits on an unknown one."""
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     if args.experimental:
         names += [n for n in EXPERIMENTAL if n not in names]
     unknown = [n for n in names if n not in ALL_TARGETS + EXPERIMENTAL + OPTIONAL]
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(unknown)}")
+    return names
+
+
+def run_dirs(args: argparse.Namespace, kind: str) -> tuple[Path, str, Path]:
+    """`--out` (made if absent), this run's UTC stamp, and a new folder for its servers' logs."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    log_dir = out / f"logs-{stamp}"
+    log_dir = out / f"logs-{kind}{stamp}"
     log_dir.mkdir()
+    return out, stamp, log_dir
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    check_machine()
+    names = target_names(args)
+    out, stamp, log_dir = run_dirs(args, "")
     began = time.monotonic()
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -685,15 +697,12 @@ def run_paired(args: argparse.Namespace) -> int:
     both alike. Against a much smaller program (the floor) it does not: the bigger working set
     loses more to the switches, so that ratio reads worse here than in sequential phases."""
     check_machine()
-    names = [n.strip() for n in args.targets.split(",") if n.strip()]
-    both = [n for n in names if n == "direct" or n in ("footprint-w1", "footprint-w2")]
-    if both:
-        raise SystemExit(f"paired runs single-process proxies only, not {', '.join(both)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    log_dir = out / f"logs-paired-{stamp}"
-    log_dir.mkdir()
+    names = target_names(args)
+    unpaired = [n for n in names if n in ("direct", "footprint-w1", "footprint-w2")]
+    if unpaired:
+        raise SystemExit(f"paired runs single-process proxies only, not {', '.join(unpaired)}")
+    out, stamp, log_dir = run_dirs(args, "paired-")
+    connections = max(4, 32 // len(names))
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="footprint-bench-") as tmp:
         work = Path(tmp)
@@ -702,7 +711,6 @@ def run_paired(args: argparse.Namespace) -> int:
         targets: list[Target] = []
         try:
             targets = [start_target(name, args, work, log_dir) for name in names]
-            connections = max(4, 32 // len(targets))
             for target in targets:  # warm-up, one at a time
                 run_wrk(target.url, script, 3, connections)
             for _ in range(args.rounds):
@@ -716,7 +724,7 @@ def run_paired(args: argparse.Namespace) -> int:
     lines = [
         f"| round | {' | '.join(f'{n}: req/s, CPU ms/req' for n in names)} | "
         f"{' | '.join(f'{n} / {base}' for n in names[:-1])} |",
-        "| ---: " * (1 + 2 * len(names) - 1) + "|",
+        "| ---: " * (2 * len(names)) + "|",  # the round, each target, each ratio
     ]
     for i, found in enumerate(rounds, 1):
         cells = [f"{found[n]['req_per_s']:.0f}, {found[n]['cpu_ms_per_req']:.3f}" for n in names]
@@ -731,7 +739,7 @@ def run_paired(args: argparse.Namespace) -> int:
     print(
         f"{stamp} · {info['cpu']}, {info['cpus']} CPUs · load avg at start "
         f"{info['loadavg_at_start'][0]:.2f} · {len(names)} targets on core {PROXY_CORE} at once, "
-        f"wrk -c{max(4, 32 // len(names))} each, {args.rounds} rounds of {args.duration} s\n"
+        f"wrk -c{connections} each, {args.rounds} rounds of {args.duration} s\n"
     )
     print(table)
     print(f"\nraw results: {path}")

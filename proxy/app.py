@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -283,7 +283,7 @@ def create_app(
         *(route for declared in routers for route in declared.routes),
     ]
     app = FootprintApp(routes=routes, lifespan=lifespan)
-    app.unexpected = _install_error_handlers(app)
+    _install_error_handlers(app)
     return app
 
 
@@ -297,7 +297,6 @@ class FootprintApp(Starlette):
     500 of an error that escapes while the answer is sent, which `_relay` keeps. Every other
     path and method, and a mounted `root_path`, go through Starlette's router as before."""
 
-    unexpected: Callable[[Request, Exception], Awaitable[Response]] | None = None
     _relay_paths: ClassVar[Mapping[str, str]] = {s.route: n for n, s in ENDPOINTS.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -326,11 +325,13 @@ class FootprintApp(Starlette):
             response = await relay.handle(request, endpoint)
             await response(scope, receive, sending)
         except Exception as exc:
-            # As Starlette's ServerErrorMiddleware: the handler's 500 if nothing was sent
-            # yet, and the error raised on for the server to log.
-            if self.unexpected is not None:
-                error_response = await self.unexpected(request, exc)
-                if not started:
+            # As Starlette's ServerErrorMiddleware: the app's handler for 500 (or for any
+            # Exception) answers if nothing was sent yet, and the error is raised on for the
+            # server to log.
+            handler = self.exception_handlers.get(500) or self.exception_handlers.get(Exception)
+            if handler is not None:
+                error_response = await handler(request, exc)
+                if not started and isinstance(error_response, Response):
                     await error_response(scope, receive, send)
             raise
 
@@ -349,11 +350,7 @@ def _allowed_methods(app: Starlette, request: Request) -> list[str]:
     return methods
 
 
-def _install_error_handlers(
-    app: Starlette,
-) -> Callable[[Request, Exception], Awaitable[Response]]:
-    """Installs the handlers; returns the one for unexpected errors (the 500)."""
-
+def _install_error_handlers(app: Starlette) -> None:
     async def proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
         return exc.to_response()
@@ -387,4 +384,3 @@ def _install_error_handlers(
     app.add_exception_handler(ProxyError, proxy_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
-    return unexpected
